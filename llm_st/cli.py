@@ -1,0 +1,150 @@
+"""The ``llm-st`` command: parse arguments, call the package, print.
+
+Every user error (:class:`llm_st.errors.LLMSTError`, a missing file, a bad option)
+is printed as one line on stderr and exits with status 2; no traceback.
+Set ``LLM_ST_DEBUG=1`` to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from llm_st.errors import LLMSTError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors on one line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _print_json(obj: object) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+# ----------------------------------------------------------------- data
+def _cmd_data_describe(args: argparse.Namespace) -> None:
+    from llm_st.data import load
+
+    data = load(args.spec, data_dir=args.data_dir)
+    info = data.describe()
+    if args.json:
+        _print_json(info)
+        return
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        print(f"{key:<{width}}  {value}")
+
+
+def _cmd_data_generate(args: argparse.Namespace) -> None:
+    from llm_st.data.io import save_npz
+    from llm_st.data.synthetic import generate
+
+    params = _parse_params(args.param)
+    data = generate(args.name, seed=args.seed, **params)
+    path = save_npz(data, args.out, overwrite=args.overwrite)
+    print(f"wrote {path}: {data!r}")
+
+
+def _parse_params(items: Sequence[str]) -> dict[str, object]:
+    """``key=value`` strings -> dict, values parsed as YAML scalars (numbers, booleans)."""
+    import yaml
+
+    out: dict[str, object] = {}
+    for item in items:
+        if "=" not in item:
+            raise LLMSTError(f"parameter {item!r} is not key=value", "write e.g. --param num_nodes=50")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _add_data_commands(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="inspect, load and generate ST datasets")
+    dsub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+
+    describe = dsub.add_parser(
+        "describe",
+        help="summarize a dataset",
+        description="SPEC is a named dataset (ETTh1, METR-LA, ...), a built-in synthetic name "
+        "(synthetic-traffic, synthetic-grid) or a path to a data file.",
+    )
+    describe.add_argument("spec", help="named dataset, synthetic name or file path")
+    describe.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    describe.add_argument("--data-dir", help="directory holding the named datasets (default: $LLM_ST_DATA, then ../shared/data)")
+    describe.set_defaults(func=_cmd_data_describe)
+
+    generate = dsub.add_parser("generate", help="write a built-in synthetic dataset to a .npz file")
+    generate.add_argument("name", help="synthetic-traffic or synthetic-grid")
+    generate.add_argument("--out", required=True, help="output .npz path (never overwritten unless --overwrite)")
+    generate.add_argument("--seed", type=int, default=0, help="random seed (same seed, same data)")
+    generate.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="generator argument, e.g. num_nodes=50 (repeatable)")
+    generate.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    generate.set_defaults(func=_cmd_data_generate)
+
+
+# ----------------------------------------------------------------- demo
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from llm_st.demo import run_demo
+
+    run_demo(quick=args.quick, seed=args.seed, zero_shot_model=getattr(args, "model", None))
+
+
+def _add_demo_command(sub: argparse._SubParsersAction) -> None:
+    demo = sub.add_parser("demo", help="the main job on built-in data: every method family, one table")
+    demo.add_argument("--quick", action="store_true", help="smaller data and budgets (used by the tests)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--model", help="local directory of a causal LM for the zero-shot row (default: a tiny random model)")
+    demo.set_defaults(func=_cmd_demo)
+
+
+# ----------------------------------------------------------------- entry point
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_data_commands,
+    _add_demo_command,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from llm_st import __version__
+
+    parser = _Parser(prog="llm-st", description="Adapt pretrained language and vision models to spatio-temporal data.")
+    parser.add_argument("--version", action="version", version=f"llm-st {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or exc.__class__.__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    debug = os.environ.get("LLM_ST_DEBUG") == "1"
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"llm-st: warning: {msg}\n"
+    try:
+        args.func(args)
+    except (LLMSTError, FileNotFoundError, PermissionError, IsADirectoryError, FileExistsError) as exc:
+        if debug:
+            raise
+        print(f"llm-st: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("llm-st: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

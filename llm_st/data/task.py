@@ -1,0 +1,95 @@
+"""A forecasting task: data + chronological split + scaler fit on train + window sizes.
+
+This is the one place where the evaluation protocol of GUIDE section 5 is put
+together, so every method (baseline, prompt, adapter) sees the same windows,
+the same scaling and the same test targets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from llm_st.data.container import STData
+from llm_st.data.scalers import Scaler, make_scaler
+from llm_st.data.splits import Split, chronological_split
+from llm_st.data.windows import WindowDataset, WindowIndex
+from llm_st.errors import ConfigError
+
+METRIC_SCALES = ("original", "normalized")
+
+
+@dataclass
+class ForecastTask:
+    """Everything fixed by the protocol before a method is chosen.
+
+    ``metric_scale`` is ``"original"`` (ST graph protocol: metrics after inverse
+    scaling) or ``"normalized"`` (long-term-series protocol: metrics on the scaled values).
+    """
+
+    data: STData
+    split: Split
+    scaler: Scaler
+    history: int
+    horizon: int
+    stride: int = 1
+    metric_scale: str = "original"
+
+    def __post_init__(self) -> None:
+        if self.metric_scale not in METRIC_SCALES:
+            raise ConfigError(f"unknown metric scale {self.metric_scale!r}", f"use one of {', '.join(METRIC_SCALES)}")
+
+    def index(self, part: str, history: int | None = None) -> WindowIndex:
+        """Windows whose targets lie in ``part``; training windows use ``stride``, evaluation every step."""
+        stride = self.stride if part == "train" else 1
+        return WindowIndex.for_split(self.data, self.split, part, history or self.history, self.horizon, stride)
+
+    def dataset(self, part: str, history: int | None = None) -> WindowDataset:
+        """Windows of ``part``; ``history`` overrides the task's (same targets, longer context)."""
+        return WindowDataset(self.data, self.index(part, history), self.scaler)
+
+    def train_data(self) -> STData:
+        return self.data.time_slice(*self.split.train)
+
+    @property
+    def null_value(self) -> float | None:
+        return self.data.null_value
+
+
+def prepare_task(
+    data: STData,
+    history: int,
+    horizon: int,
+    ratios: Sequence[float] | None = None,
+    borders: Sequence[int] | None = None,
+    scaler: dict[str, Any] | None = None,
+    metric_scale: str | None = None,
+    stride: int = 1,
+) -> ForecastTask:
+    """Split ``data``, fit the scaler on the training rows (with the mask) and fix the windows.
+
+    Split, scaler and metric scale default to the named dataset's standard protocol
+    (``data.extras["protocol"]``, set by :func:`llm_st.data.load`), else 70/10/20, one
+    global z-score and metrics on the original scale.
+    """
+    protocol = data.extras.get("protocol", {})
+    if ratios is None and borders is None:
+        ratios, borders = protocol.get("ratios"), protocol.get("borders")
+        if ratios is None and borders is None:
+            ratios = (0.7, 0.1, 0.2)
+    split = chronological_split(data.num_steps, ratios=ratios, borders=borders)
+    sc = dict(protocol.get("scaler", {"kind": "standard", "axis": "global", "use_mask": True}))
+    sc.update(scaler or {})
+    fitted = make_scaler(sc.get("kind", "standard"), sc.get("axis", "global"), sc.get("use_mask", True))
+    train = data.time_slice(*split.train)
+    fitted.fit(train.values, train.mask)
+    return ForecastTask(
+        data=data,
+        split=split,
+        scaler=fitted,
+        history=history,
+        horizon=horizon,
+        stride=stride,
+        metric_scale=metric_scale or protocol.get("metric_scale", "original"),
+    )
