@@ -212,27 +212,37 @@ class STData:
         T, N, C = values.shape
         if T == 0 or N == 0 or C == 0:
             raise DataError(f"values are empty (shape {values.shape})", "pass at least one time step, node and channel")
-        finite = np.isfinite(values)
-        n_bad = values.size - int(np.count_nonzero(finite))
+        given = None if self.mask is None else np.asarray(self.mask, dtype=bool)
+        if given is not None and given.ndim == 2:
+            given = given[:, :, None]
+        if given is not None and given.shape != values.shape:
+            raise DataError(f"mask shape {given.shape} differs from values shape {values.shape}", "pass a mask of the same [T, N, C] shape")
+        # finiteness and the default mask are computed in row blocks: a full temporary
+        # boolean array would add a quarter of the values' size to the peak memory
+        block = max(1, (1 << 22) // max(1, N * C))
+        n_bad = sum(
+            int(values[t : t + block].size - np.count_nonzero(np.isfinite(values[t : t + block])))
+            for t in range(0, T, block)
+        )
+        null = None if self.null_value is None else np.float32(self.null_value)
         if n_bad:
             warnings.warn(
                 f"{self.name}: {n_bad} NaN/infinite values ({n_bad / values.size:.2%}) were masked as missing "
                 "and stored as 0",
                 stacklevel=3,
             )
+            finite = np.isfinite(values)
             values = np.where(finite, values, np.float32(0))
-        if self.mask is None:
-            mask = finite
-            if self.null_value is not None:
-                mask &= values != np.float32(self.null_value)
+            mask = finite if given is None else given & finite
+            if given is None and null is not None:
+                mask &= values != null
+        elif given is not None:
+            mask = given
         else:
-            mask = np.asarray(self.mask, dtype=bool)
-            if mask.ndim == 2:
-                mask = mask[:, :, None]
-            if mask.shape != values.shape:
-                raise DataError(f"mask shape {mask.shape} differs from values shape {values.shape}", "pass a mask of the same [T, N, C] shape")
-            if n_bad:
-                mask = mask & finite
+            mask = np.empty(values.shape, dtype=bool)
+            for t in range(0, T, block):
+                v = values[t : t + block]
+                mask[t : t + block] = np.isfinite(v) if null is None else np.isfinite(v) & (v != null)
         self.values, self.mask = values, mask
 
         empty = np.flatnonzero(~mask.any(axis=(0, 2)))

@@ -98,13 +98,18 @@ class WindowDataset(torch.utils.data.Dataset):
         values = self.data.values[rows]  # gathers only this batch: [B, L + H, N, C]
         mask = self.data.mask[rows]
         L = self.index.history
-        scaled = values if self.scaler is None else self.scaler.transform(values)
+        x, y = values[:, :L], values[:, L:]
+        # scale history and targets separately and zero missing history in place, so a
+        # batch costs about twice its gathered size in temporaries
+        x_scaled = x.copy() if self.scaler is None else self.scaler.transform(x)
+        np.multiply(x_scaled, mask[:, :L], out=x_scaled)
+        y_scaled = y if self.scaler is None else self.scaler.transform(y)
         times = self.times[rows]
         return {
-            "x": np.where(mask[:, :L], scaled[:, :L], np.float32(0)),
+            "x": x_scaled,
             "x_mask": mask[:, :L],
-            "y": values[:, L:],
-            "y_scaled": np.ascontiguousarray(scaled[:, L:]),
+            "y": y,
+            "y_scaled": y_scaled,
             "y_mask": mask[:, L:],
             "x_time": times[:, :L],
             "y_time": times[:, L:],
