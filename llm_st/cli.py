@@ -107,10 +107,43 @@ def _add_demo_command(sub: argparse._SubParsersAction) -> None:
     demo.set_defaults(func=_cmd_demo)
 
 
+# ----------------------------------------------------------------- train
+def _cmd_train(args: argparse.Namespace) -> None:
+    from llm_st.config import load_recipe
+    from llm_st.engine import train
+
+    recipe = load_recipe(args.recipe, args.set)
+    metrics = train(recipe, args.out, resume=args.resume, overwrite=args.overwrite)
+    avg = metrics["test"]["avg"]
+    print(f"{metrics['model']}: test MAE {avg['mae']:.4f}  RMSE {avg['rmse']:.4f}  "
+          f"MAPE {avg['mape']:.2%}  ({metrics['num_test_windows']} windows) -> {args.out}")
+
+
+def _add_train_command(sub: argparse._SubParsersAction) -> None:
+    train = sub.add_parser(
+        "train",
+        help="train (or fit) a method from a YAML recipe and test it",
+        description="Run a recipe (alignment/<model>/<dataset>/config*.yaml) into --out: "
+        "recipe.yaml, scaler.json, model.safetensors, metrics.json, log.jsonl, checkpoints/. "
+        "For several processes use scripts/train.py with torchrun or accelerate launch.",
+    )
+    train.add_argument("--recipe", required=True, help="YAML recipe file")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a recipe value, e.g. training.lr=3e-4 (repeatable)")
+    train.add_argument("--out", required=True, help="run directory")
+    how = train.add_mutually_exclusive_group()
+    how.add_argument("--resume", action="store_true",
+                     help="continue an interrupted run in --out from its latest checkpoint")
+    how.add_argument("--overwrite", action="store_true",
+                     help="replace the results already in --out")
+    train.set_defaults(func=_cmd_train)
+
+
 # ----------------------------------------------------------------- entry point
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_data_commands,
     _add_demo_command,
+    _add_train_command,
 ]
 
 

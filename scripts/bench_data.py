@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     index = WindowIndex(data.num_steps, args.history, args.horizon)
     dataset = WindowDataset(data, index, scaler=scaler)
     picks = np.random.default_rng(0).integers(0, len(index), (args.batches + 1, args.batch_size))
-    batch = dataset.batch(picks[0])  # warm-up, and the shapes to print
+    warm = dataset.batch(picks[0])  # warm-up, and the shapes to print
+    shapes = {k: list(v.shape) for k, v in warm.items()}
+    del warm  # keep only one batch alive at a time, as a training loop does
     t0 = time.perf_counter()
     for idx in picks[1:]:
         dataset.batch(idx)
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         ("values array", f"{nbytes / mb:.1f} MB float32"),
         ("generation time", f"{gen_s:.2f} s"),
         ("scaler fit (70 % of rows)", f"{fit_s:.2f} s"),
-        ("batch x / y", f"{list(batch['x'].shape)} / {list(batch['y'].shape)}"),
+        ("batch x / y", f"{shapes['x']} / {shapes['y']}"),
         (
             f"window batches/s (B={args.batch_size}, L={args.history}, H={args.horizon})",
             f"{rate:.1f}  ({rate * args.batch_size:,.0f} windows/s)",

@@ -66,7 +66,7 @@ class Scaler:
         use = mask is not None and self.use_mask
         if use and np.shape(mask) != values.shape:
             raise DataError(f"mask shape {np.shape(mask)} differs from values {values.shape}", "pass the mask of the same rows")
-        block = max(1, (1 << 22) // max(1, values.shape[1] * values.shape[2]))
+        block = max(1, (1 << 20) // max(1, values.shape[1] * values.shape[2]))
 
         def chunks():
             for t in range(0, values.shape[0], block):
@@ -92,11 +92,15 @@ class Scaler:
 
     def transform(self, x: Any) -> Any:
         self._check_fitted()
-        return (x - _like(self.shift, x)) / _like(self.scale, x)
+        out = x - _like(self.shift, x)
+        out /= _like(self.scale, out)  # in place: one temporary per call, not two
+        return out
 
     def inverse_transform(self, z: Any) -> Any:
         self._check_fitted()
-        return z * _like(self.scale, z) + _like(self.shift, z)
+        out = z * _like(self.scale, z)
+        out += _like(self.shift, out)
+        return out
 
     # ------------------------------------------------------------- persistence
     def to_dict(self) -> dict[str, Any]:

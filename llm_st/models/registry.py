@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Callable
 from typing import Any
 
@@ -10,8 +11,7 @@ from llm_st.errors import ConfigError
 from llm_st.models.base import DataInfo, STModel
 
 _REGISTRY: dict[str, type[STModel]] = {}
-# modules whose import registers methods; imported on first lookup
-_MODULES = ("llm_st.models.naive",)
+_INFRA = {"base", "registry"}
 
 
 def register_model(name: str) -> Callable[[type[STModel]], type[STModel]]:
@@ -26,8 +26,12 @@ def register_model(name: str) -> Callable[[type[STModel]], type[STModel]]:
 
 
 def _load_all() -> None:
-    for mod in _MODULES:
-        importlib.import_module(mod)
+    """Import every method file of ``llm_st.models`` (one file per method registers itself)."""
+    import llm_st.models as pkg
+
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        if mod.name not in _INFRA and not mod.name.startswith("_"):
+            importlib.import_module(f"llm_st.models.{mod.name}")
 
 
 def list_models() -> list[str]:
