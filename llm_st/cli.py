@@ -50,6 +50,8 @@ def _cmd_data_generate(args: argparse.Namespace) -> None:
     from llm_st.data.synthetic import generate
 
     params = _parse_params(args.param)
+    if os.path.exists(args.out) and not args.overwrite:
+        raise LLMSTError(f"{args.out} already exists", "pass --overwrite to replace it, or choose another --out")
     data = generate(args.name, seed=args.seed, **params)
     path = save_npz(data, args.out, overwrite=args.overwrite)
     print(f"wrote {path}: {data!r}")

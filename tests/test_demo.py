@@ -1,0 +1,25 @@
+"""llm-st demo: every section runs on built-in data and the table is consistent."""
+
+import math
+
+from llm_st.demo import run_demo
+
+
+def test_demo_quick_table():
+    lines: list[str] = []
+    rows = run_demo(quick=True, print_fn=lines.append)
+    by_name = {r["method"]: r for r in rows}
+    assert {"last_value", "seasonal_naive", "historical_average", "var"} <= set(by_name)
+    for r in rows:
+        for key in ("h3", "h6", "h12", "avg"):
+            m = r["metrics"][key]
+            assert all(math.isfinite(m[k]) and m[k] > 0 for k in ("mae", "rmse", "mape"))
+            assert m["rmse"] >= m["mae"]  # RMSE >= MAE for any error distribution
+    lv = by_name["last_value"]["metrics"]
+    # copying the last value gets worse with the horizon on data with rush hours
+    assert lv["h3"]["mae"] < lv["h6"]["mae"] < lv["h12"]["mae"]
+    # the weekly profile does not depend on the horizon: its error is flat
+    ha = by_name["historical_average"]["metrics"]
+    assert abs(ha["h3"]["mae"] - ha["h12"]["mae"]) < 0.1 * ha["avg"]["mae"]
+    table = "\n".join(lines)
+    assert all(name in table for name in by_name)
