@@ -141,10 +141,87 @@ def _add_train_command(sub: argparse._SubParsersAction) -> None:
     train.set_defaults(func=_cmd_train)
 
 
+# ----------------------------------------------------------------- prompts and zero-shot
+def _cmd_prompt(args: argparse.Namespace) -> None:
+    from llm_st.data import load
+    from llm_st.prompting import render_prompt
+
+    tokenizer = None
+    if args.model:
+        from llm_st.backbones import load_tokenizer
+
+        tokenizer = load_tokenizer(args.model)
+    data = load(args.spec, data_dir=args.data_dir)
+    print(render_prompt(data, args.template, args.node, args.at, args.history, args.horizon,
+                        args.channel, tokenizer))
+
+
+def _cmd_zero_shot(args: argparse.Namespace) -> None:
+    from llm_st.zeroshot import run_zero_shot
+
+    nodes = args.nodes.split(",") if args.nodes else None
+    result = run_zero_shot(
+        args.model, args.dataset, args.out, template=args.template, num_samples=args.samples,
+        max_windows=args.max_windows, history=args.history, horizon=args.horizon, nodes=nodes,
+        part=args.part, data_dir=args.data_dir, overwrite=args.overwrite,
+        temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size, seed=args.seed,
+    )
+    avg = result["metrics"]["avg"]
+    print(f"{args.model} ({args.template}): MAE {avg['mae']:.4f}  RMSE {avg['rmse']:.4f}  "
+          f"MAPE {avg['mape']:.2%}  CRPS {result['crps']:.4f}  "
+          f"valid {result['valid_fraction']:.1%}  ({result['num_series']} series) -> {args.out}")
+
+
+def _add_prompt_commands(sub: argparse._SubParsersAction) -> None:
+    prompt = sub.add_parser(
+        "prompt", help="print one rendered prompt",
+        description="Render template NAME (prompts/NAME.j2 or a .j2 path) for one node of SPEC "
+        "with the first forecast step at --at (a row number or a timestamp).",
+    )
+    prompt.add_argument("spec", help="named dataset, synthetic name or file path")
+    prompt.add_argument("--template", default="plain",
+                        help="template name or .j2 path (default: plain)")
+    prompt.add_argument("--node", default="0", help="node index or id (default: 0)")
+    prompt.add_argument("--at", required=True, help="first forecast step: row number or timestamp")
+    prompt.add_argument("--channel", default="0", help="channel index or name (default: 0)")
+    prompt.add_argument("--history", type=int, default=12, help="history steps (default: 12)")
+    prompt.add_argument("--horizon", type=int, default=12, help="forecast steps (default: 12)")
+    prompt.add_argument("--model",
+                        help="model whose tokenizer sets the number format and chat template")
+    prompt.add_argument("--data-dir", help="directory holding the named datasets")
+    prompt.set_defaults(func=_cmd_prompt)
+
+    zs = sub.add_parser(
+        "zero-shot", help="zero-shot forecast with a causal LM and score it",
+        description="Forecast the test windows of --dataset with --model (tiny-gpt2, tiny-llama, a "
+        "local model directory or a hub id) and write DIR/metrics.json, DIR/forecast.npz and "
+        "DIR/forecast.csv.",
+    )
+    zs.add_argument("--model", required=True, help="tiny name, local model directory or hub id")
+    zs.add_argument("--dataset", required=True, help="named dataset, synthetic name or file path")
+    zs.add_argument("--template", default="plain",
+                    help="template name or .j2 path (default: plain)")
+    zs.add_argument("--samples", type=int, default=10, help="samples per series (default: 10)")
+    zs.add_argument("--max-windows", type=int, help="at most K windows, spread over the split")
+    zs.add_argument("--nodes", help="comma-separated node indices or ids (default: all)")
+    zs.add_argument("--history", type=int, default=12, help="history steps (default: 12)")
+    zs.add_argument("--horizon", type=int, default=12, help="forecast steps (default: 12)")
+    zs.add_argument("--part", default="test", choices=["train", "val", "test"])
+    zs.add_argument("--temperature", type=float, default=1.0, help="0 decodes greedily")
+    zs.add_argument("--top-p", type=float, default=0.9)
+    zs.add_argument("--batch-size", type=int, default=8, help="series per generate call")
+    zs.add_argument("--seed", type=int, default=0)
+    zs.add_argument("--data-dir", help="directory holding the named datasets")
+    zs.add_argument("--out", required=True, help="output directory")
+    zs.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    zs.set_defaults(func=_cmd_zero_shot)
+
+
 # ----------------------------------------------------------------- entry point
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_data_commands,
     _add_demo_command,
+    _add_prompt_commands,
     _add_train_command,
 ]
 

@@ -2,11 +2,16 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Tiny test models gain nothing from intra-op threads on two cores and lose a lot
+# when processes compete for them; one thread keeps the suite fast and steady.
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 
