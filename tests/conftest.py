@@ -14,6 +14,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
+# tiny test models and tokenizers are built once and cached inside the checkout, not in $HOME
+os.environ.setdefault("LLM_ST_CACHE", str(REPO / ".cache" / "llm_st"))
 
 
 def shared_data_dir() -> Path:

@@ -9,12 +9,17 @@ def test_demo_quick_table():
     lines: list[str] = []
     rows = run_demo(quick=True, print_fn=lines.append)
     by_name = {r["method"]: r for r in rows}
-    assert {"last_value", "seasonal_naive", "historical_average", "var"} <= set(by_name)
+    assert {"last_value", "seasonal_naive", "historical_average", "var", "dlinear", "stid", "graph_wavenet"} <= set(by_name)
+    zero_shot = [r for r in rows if r["family"] == "zero-shot LLM"]
+    assert len(zero_shot) == 1 and zero_shot[0]["valid_fraction"] == 1.0  # constrained decoding always parses
+    assert "not a real forecast" in zero_shot[0]["note"]
     for r in rows:
         for key in ("h3", "h6", "h12", "avg"):
             m = r["metrics"][key]
             assert all(math.isfinite(m[k]) and m[k] > 0 for k in ("mae", "rmse", "mape"))
             assert m["rmse"] >= m["mae"]  # RMSE >= MAE for any error distribution
+    # a trained model beats copying the last value over the whole horizon even on a demo budget
+    assert by_name["stid"]["metrics"]["avg"]["mae"] < by_name["last_value"]["metrics"]["avg"]["mae"]
     lv = by_name["last_value"]["metrics"]
     # copying the last value gets worse with the horizon on data with rush hours
     assert lv["h3"]["mae"] < lv["h6"]["mae"] < lv["h12"]["mae"]
