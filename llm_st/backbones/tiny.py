@@ -10,13 +10,17 @@ tokenizer behaviour as the real models, a few hundred thousand parameters, no ne
   sentencepiece BPE model trained with ``split_digits=True`` (one token per digit, as
   LLaMA's) wrapped as :class:`~transformers.LlamaTokenizer`, plus a LLaMA-2-style chat
   template.
+- ``tiny-bert``: :class:`~transformers.BertModel` (2 layers, width 64) with a lower-casing
+  WordPiece tokenizer (``[CLS] ... [SEP]``, ``[PAD]``) trained with the ``tokenizers`` library.
+- ``tiny-vit-mae``: :class:`~transformers.ViTMAEForPreTraining` (~44k parameters, 64 x 64
+  images of 8 x 8 patches, :func:`tiny_mae_config`), no tokenizer.
 
 Each is written once as an ordinary Hugging Face model directory under
 ``$LLM_ST_CACHE/tiny`` (default ``~/.cache/llm_st/tiny``), keyed by name and
 :data:`TINY_VERSION`, and loaded from there like any local model. Tokenizers are trained
 on a small built-in corpus (:func:`tiny_corpus`) in well under a second; weights are
-random with seed 0. More tiny models (a BERT, a ViT-MAE) are one builder function
-registered with :func:`register_tiny`.
+random with seed 0. More tiny models are one builder function registered with
+:func:`register_tiny`.
 """
 
 from __future__ import annotations
@@ -182,12 +186,14 @@ def register_tiny(name: str) -> Callable[[TinyBuilder], TinyBuilder]:
 
 
 def _save_random(model_cls: Any, config: Any, tokenizer: Any, out: Path) -> None:
-    """Save ``model_cls(config)`` initialized with seed 0, and ``tokenizer``, into ``out``."""
+    """Save ``model_cls(config)`` initialized with seed 0, and ``tokenizer`` (if any), into
+    ``out``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = model_cls(config)
     model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
 
 
 @register_tiny("tiny-gpt2")
@@ -226,6 +232,90 @@ def _build_tiny_llama(out: Path) -> None:
         pad_token_id=tokenizer.pad_token_id,
     )
     _save_random(LlamaForCausalLM, config, tokenizer, out)
+
+
+def train_wordpiece(corpus: list[str], vocab_size: int = 800) -> Any:
+    """A BERT-like tokenizer: lower-casing WordPiece trained on ``corpus`` with ``[PAD]``,
+    ``[UNK]``, ``[CLS]``, ``[SEP]``, ``[MASK]`` (ids 0-4) and ``[CLS] text [SEP]`` framing,
+    wrapped as :class:`~transformers.PreTrainedTokenizerFast`."""
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=specials, show_progress=False
+    )
+    tok.train_from_iterator(corpus, trainer)
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=512,
+    )
+
+
+@register_tiny("tiny-bert")
+def _build_tiny_bert(out: Path) -> None:
+    from transformers import BertConfig, BertModel
+
+    tokenizer = train_wordpiece(tiny_corpus())
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    _save_random(BertModel, config, tokenizer, out)
+
+
+def tiny_mae_config() -> Any:
+    """A ``ViTMAEConfig`` of ~44k parameters on 64 x 64 images of 8 x 8 patches, for tests."""
+    from transformers import ViTMAEConfig
+
+    return ViTMAEConfig(
+        image_size=64,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        decoder_hidden_size=32,
+        decoder_num_hidden_layers=1,
+        decoder_num_attention_heads=2,
+        decoder_intermediate_size=64,
+        norm_pix_loss=False,
+    )
+
+
+@register_tiny("tiny-vit-mae")
+def _build_tiny_vit_mae(out: Path) -> None:
+    from transformers import ViTMAEForPreTraining
+
+    _save_random(ViTMAEForPreTraining, tiny_mae_config(), None, out)
 
 
 def tiny_cache_dir() -> Path:

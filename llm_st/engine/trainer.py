@@ -84,12 +84,18 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _logical_numel(p: torch.Tensor) -> int:
+    """Weights a parameter stands for: a bitsandbytes 4-bit parameter stores two per byte."""
+    state = getattr(p, "quant_state", None)
+    return int(state.shape.numel()) if state is not None else p.numel()
+
+
 def count_parameters(module: nn.Module) -> dict[str, int]:
-    """``{"trainable": ..., "total": ...}`` parameter counts (shared parameters once)."""
+    """``{"trainable": ..., "total": ...}`` parameter counts (shared parameters once, 4-bit unpacked)."""
     params = list(module.parameters())
     return {
         "trainable": sum(p.numel() for p in params if p.requires_grad),
-        "total": sum(p.numel() for p in params),
+        "total": sum(_logical_numel(p) for p in params),
     }
 
 

@@ -56,6 +56,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from llm_st.backbones.tiny import tiny_mae_config as tiny_mae_config  # re-exported
+from llm_st.backbones.tiny import tiny_model_dir
 from llm_st.data.container import STData
 from llm_st.errors import ConfigError, ModelLoadError
 from llm_st.models.base import DataInfo, STModel
@@ -74,32 +76,13 @@ from llm_st.tokens.imaging import (
 from llm_st.tokens.revin import instance_denorm, instance_norm
 
 if TYPE_CHECKING:  # transformers is imported when a model is built, not when the registry loads
-    from transformers import ViTMAEConfig, ViTMAEForPreTraining
+    from transformers import ViTMAEForPreTraining
 
 logger = logging.getLogger("llm_st")
 
 TINY_BACKBONE = "tiny-vit-mae"
 DEFAULT_BACKBONE = "facebook/vit-mae-base"
 TUNE_MODES = ("none", "layernorm")
-
-
-def tiny_mae_config() -> ViTMAEConfig:
-    """A ViT-MAE of ~44k parameters on 64 x 64 images of 8 x 8 patches, for tests."""
-    from transformers import ViTMAEConfig
-
-    return ViTMAEConfig(
-        image_size=64,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        decoder_hidden_size=32,
-        decoder_num_hidden_layers=1,
-        decoder_num_attention_heads=2,
-        decoder_intermediate_size=64,
-        norm_pix_loss=False,
-    )
 
 
 def _pixel_stats(directory: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -122,7 +105,8 @@ def load_mae(backbone: str) -> tuple[ViTMAEForPreTraining, tuple[float, ...], tu
     Parameters
     ----------
     backbone : str
-        ``"tiny-vit-mae"`` (random weights from :func:`tiny_mae_config`, seed 0), a local
+        ``"tiny-vit-mae"`` (random weights from :func:`tiny_mae_config`, seed 0, saved once
+        by :func:`llm_st.backbones.tiny.tiny_model_dir`), a local
         directory written by ``save_pretrained`` / ``hf download``, or a hub
         id (from the local cache when offline).
 
@@ -134,45 +118,40 @@ def load_mae(backbone: str) -> tuple[ViTMAEForPreTraining, tuple[float, ...], tu
     """
     from transformers import AutoConfig, ViTMAEForPreTraining
 
-    if backbone == TINY_BACKBONE:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model = ViTMAEForPreTraining(tiny_mae_config())
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
-    else:
-        local = Path(backbone).expanduser()
-        if not local.exists() and _looks_like_path(backbone):
-            raise ModelLoadError(
-                f"no MAE directory at {backbone!r}",
-                "pass the directory holding config.json and the weights of a ViTMAEForPreTraining",
-            )
-        source = str(local) if local.exists() else backbone
-        try:
-            config = AutoConfig.from_pretrained(source)
-        except (OSError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            fix = (
-                "the directory needs the config.json and weights that save_pretrained writes"
-                if local.exists()
-                else f"download it where the hub is reachable (hf download "
-                f"{backbone} --local-dir DIR) and pass backbone=DIR"
-            )
-            raise ModelLoadError(f"cannot load the MAE {backbone!r} ({first})", fix) from exc
-        if config.model_type != "vit_mae":
-            raise ModelLoadError(
-                f"{backbone!r} is a {config.model_type!r} model, not a ViT-MAE",
-                f"pass a ViTMAEForPreTraining checkpoint such as {DEFAULT_BACKBONE}",
-            )
-        model, info = ViTMAEForPreTraining.from_pretrained(source, output_loading_info=True)
-        missing = [k for k in info["missing_keys"] if k.startswith("decoder.")]
-        if missing:
-            raise ModelLoadError(
-                f"{backbone!r} has no MAE decoder weights ({len(missing)} missing, e.g. "
-                f"{missing[0]})",
-                "VisionTS reconstructs pixels with the pretraining decoder: save or download "
-                f"the full ViTMAEForPreTraining (e.g. {DEFAULT_BACKBONE}), not a ViTMAEModel",
-            )
-        mean, std = _pixel_stats(local) if local.is_dir() else (IMAGENET_MEAN, IMAGENET_STD)
+    # the tiny MAE is built once into the tiny-model cache and loaded like any directory
+    local = tiny_model_dir(backbone) if backbone == TINY_BACKBONE else Path(backbone).expanduser()
+    if not local.exists() and _looks_like_path(backbone):
+        raise ModelLoadError(
+            f"no MAE directory at {backbone!r}",
+            "pass the directory holding config.json and the weights of a ViTMAEForPreTraining",
+        )
+    source = str(local) if local.exists() else backbone
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        fix = (
+            "the directory needs the config.json and weights that save_pretrained writes"
+            if local.exists()
+            else f"download it where the hub is reachable (hf download "
+            f"{backbone} --local-dir DIR) and pass backbone=DIR"
+        )
+        raise ModelLoadError(f"cannot load the MAE {backbone!r} ({first})", fix) from exc
+    if config.model_type != "vit_mae":
+        raise ModelLoadError(
+            f"{backbone!r} is a {config.model_type!r} model, not a ViT-MAE",
+            f"pass a ViTMAEForPreTraining checkpoint such as {DEFAULT_BACKBONE}",
+        )
+    model, info = ViTMAEForPreTraining.from_pretrained(source, output_loading_info=True)
+    missing = [k for k in info["missing_keys"] if k.startswith("decoder.")]
+    if missing:
+        raise ModelLoadError(
+            f"{backbone!r} has no MAE decoder weights ({len(missing)} missing, e.g. "
+            f"{missing[0]})",
+            "VisionTS reconstructs pixels with the pretraining decoder: save or download "
+            f"the full ViTMAEForPreTraining (e.g. {DEFAULT_BACKBONE}), not a ViTMAEModel",
+        )
+    mean, std = _pixel_stats(local) if local.is_dir() else (IMAGENET_MEAN, IMAGENET_STD)
     config = model.config
     if config.norm_pix_loss:
         raise ModelLoadError(

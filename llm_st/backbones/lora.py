@@ -1,0 +1,551 @@
+"""LoRA and QLoRA on a backbone: settings, injection, 4-bit loading, merging, adapter files.
+
+LoRA (Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", ICLR 2022) keeps a
+linear layer ``W`` (``[out, in]``) frozen and trains a low-rank update beside it::
+
+    y = W x + (alpha / r) * B (A x),   A [r, in], B [out, r], B = 0 at the start
+
+so a freshly adapted model computes exactly what the base model does, and training touches
+``r * (in + out)`` numbers per adapted layer. QLoRA (Dettmers et al., "QLoRA: Efficient
+Finetuning of Quantized LLMs", NeurIPS 2023) stores the frozen ``W`` in 4-bit NormalFloat
+(nf4) with double quantization (the block scales are quantized too) and computes in
+``bfloat16``; the LoRA weights stay in full precision.
+
+Here the work is done by peft (the LoRA layers) and bitsandbytes (the 4-bit and 8-bit
+layers; it runs on the CPU as well as on CUDA). This module chooses what the two need:
+
+- :class:`LoraSettings`: rank, scale, dropout, target layers, quantization, compute dtype;
+- :func:`lora_targets`: the linear layers of the Transformer blocks that get LoRA. ``"auto"``
+  picks per family (:data:`AUTO_TARGETS`); embeddings, a pooler or a head never do;
+- :func:`apply_lora`: LoRA into a Hugging Face model (a quantized one is first prepared
+  with ``peft.prepare_model_for_kbit_training``). GPT-2 keeps its weights in ``Conv1D``
+  layers that store ``W`` transposed (``[in, out]``), so peft needs ``fan_in_fan_out=True``
+  for them; after 4-bit loading they are ``Linear4bit`` layers in the ordinary layout and
+  need ``False``. The flag is set from the layers actually targeted;
+- :func:`quantization_config` and :func:`quantized_device_map`: how a quantized backbone
+  is loaded;
+- :func:`merge_lora`, :func:`save_lora`, :func:`load_lora`: fold the update into the base
+  weights; write and read the adapter weights alone (safetensors, never pickle).
+
+:func:`llm_st.backbones.frozen.load_backbone` uses all of it for the freezing policies
+``"lora"`` and ``"qlora"``, so a recipe says::
+
+    model:
+      name: gpt4ts
+      params: {backbone: tiny-llama, freeze: qlora, lora: {r: 16, alpha: 32}}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from llm_st.backbones.frozen import FAMILIES, FrozenBackbone
+from llm_st.backbones.hub import _DTYPES
+from llm_st.errors import ConfigError, ModelLoadError
+
+logger = logging.getLogger("llm_st")
+
+LORA_POLICIES = ("lora", "qlora")
+"""Freezing policies that put LoRA into the backbone (``"qlora"``: on quantized weights)."""
+QUANTIZE = ("none", "4bit", "8bit")
+COMPUTE_DTYPES = ("auto", *_DTYPES)
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+"""File name peft writes the adapter weights to with ``safe_serialization=True``."""
+
+_LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+AUTO_TARGETS: dict[str, tuple[str, ...]] = {
+    # c_proj names both the attention output and the MLP output projection of GPT-2;
+    # the MLP input c_fc is left out (list it, or use "all-linear", to add it)
+    "gpt2": ("c_attn", "c_proj"),
+    "llama": _LLAMA_TARGETS,
+    "mistral": _LLAMA_TARGETS,
+    "qwen2": _LLAMA_TARGETS,
+    # dense names the attention output, the intermediate and the output layer of BERT
+    "bert": ("query", "key", "value", "dense"),
+}
+"""``config.model_type`` -> layer names ``target_modules="auto"`` adapts in every block."""
+
+
+@dataclass
+class LoraSettings:
+    """What LoRA adapts, how, and on which precision of the frozen weights.
+
+    Raises
+    ------
+    ConfigError
+        A value out of range or of the wrong type, an unknown choice, or a
+        ``compute_dtype`` given for a backbone that is not 4-bit.
+    """
+
+    r: int = field(default=8, metadata={"help": "rank of the update B A (at least 1)"})
+    alpha: float = field(
+        default=16.0, metadata={"help": "scale numerator: the update is multiplied by alpha / r"}
+    )
+    dropout: float = field(
+        default=0.05, metadata={"help": "dropout on the input of the LoRA branch, in [0, 1)"}
+    )
+    target_modules: str | tuple[str, ...] = field(
+        default="auto",
+        metadata={
+            "help": "linear layers of the blocks to adapt: 'auto' (per family: GPT-2 c_attn, "
+            "c_proj; LLaMA q/k/v/o/gate/up/down_proj; BERT query, key, value, dense), "
+            "'all-linear', or layer names (a list or 'a,b'; a name matches a layer whose "
+            "dotted path ends with it, e.g. attn.c_proj)"
+        },
+    )
+    quantize: str = field(
+        default="none",
+        metadata={
+            "help": "precision of the frozen weights: none, 4bit (nf4 with double "
+            "quantization, QLoRA) or 8bit (LLM.int8); the freezing policy qlora defaults to 4bit"
+        },
+    )
+    compute_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "dtype the 4-bit layers compute in: auto (bfloat16 on a CUDA GPU that "
+            "supports it, else float16 on CUDA, float32 on the CPU), float32, bfloat16, float16"
+        },
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={
+            "help": "recompute each block's activations in the backward pass instead of "
+            "storing them (less memory, about a third more compute; QLoRA's setting for 7B+)"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
+            raise ConfigError(f"lora.r={self.r!r} is not a positive integer", "use e.g. r: 8")
+        for name in ("alpha", "dropout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"lora.{name}={value!r} is not a number", f"give {name} a number")
+            setattr(self, name, float(value))
+        if self.alpha <= 0:
+            raise ConfigError(f"lora.alpha={self.alpha} must be positive", "use e.g. alpha: 16")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora.dropout={self.dropout} is outside [0, 1)", "use e.g. 0.05")
+        self.target_modules = _target_names(self.target_modules)
+        if self.quantize not in QUANTIZE:
+            raise ConfigError(
+                f"unknown lora.quantize={self.quantize!r}", f"use one of {', '.join(QUANTIZE)}"
+            )
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ConfigError(
+                f"unknown lora.compute_dtype={self.compute_dtype!r}",
+                f"use one of {', '.join(COMPUTE_DTYPES)}",
+            )
+        if self.compute_dtype != "auto" and self.quantize != "4bit":
+            raise ConfigError(
+                f"lora.compute_dtype={self.compute_dtype!r} applies to 4-bit weights, but "
+                f"quantize={self.quantize!r}",
+                "drop compute_dtype (set the backbone's dtype instead), or use quantize: 4bit",
+            )
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise ConfigError(
+                f"lora.gradient_checkpointing={self.gradient_checkpointing!r} is not a boolean",
+                "use true or false",
+            )
+
+
+def _target_names(value: Any) -> str | tuple[str, ...]:
+    """``"auto"``, ``"all-linear"`` or a non-empty tuple of layer names."""
+    if value in ("auto", "all-linear"):
+        return value
+    if isinstance(value, str):
+        value = value.split(",")
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        names = tuple(v.strip() for v in value if v.strip())
+        if names:
+            return names
+    raise ConfigError(
+        f"lora.target_modules={value!r} is not 'auto', 'all-linear' or a list of layer names",
+        "use e.g. target_modules: [q_proj, v_proj]",
+    )
+
+
+def lora_settings(
+    policy: str, params: LoraSettings | Mapping[str, Any] | None = None
+) -> LoraSettings:
+    """The :class:`LoraSettings` of freezing policy ``policy`` from a recipe's ``lora`` mapping.
+
+    ``"qlora"`` defaults to ``quantize="4bit"``, ``"lora"`` to ``"none"``.
+
+    Raises
+    ------
+    ConfigError
+        ``policy`` not in :data:`LORA_POLICIES`, an unknown key, a bad value, or a
+        quantization that contradicts the policy (``lora`` on quantized weights,
+        ``qlora`` on full-precision ones).
+    """
+    if policy not in LORA_POLICIES:
+        raise ConfigError(
+            f"freezing policy {policy!r} does not use LoRA", f"use {' or '.join(LORA_POLICIES)}"
+        )
+    if isinstance(params, LoraSettings):
+        settings = params
+    else:
+        params = dict(params or {})
+        known = [f.name for f in fields(LoraSettings)]
+        unknown = sorted(set(params) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown lora settings {unknown}", f"use some of {', '.join(known)}")
+        params.setdefault("quantize", "4bit" if policy == "qlora" else "none")
+        settings = LoraSettings(**params)
+    if (policy == "qlora") != (settings.quantize != "none"):
+        raise ConfigError(
+            f"freeze={policy!r} with lora.quantize={settings.quantize!r}",
+            "use freeze: qlora for quantized weights (quantize 4bit or 8bit) and freeze: lora "
+            "for full-precision ones",
+        )
+    return settings
+
+
+def resolve_compute_dtype(settings: LoraSettings) -> torch.dtype:
+    """The dtype 4-bit layers compute in (see ``LoraSettings.compute_dtype``)."""
+    if settings.compute_dtype != "auto":
+        return _DTYPES[settings.compute_dtype]
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def quantization_config(settings: LoraSettings) -> Any:
+    """The ``transformers.BitsAndBytesConfig`` that loads the frozen weights quantized.
+
+    4-bit: NormalFloat (``nf4``) with double quantization and an explicit compute dtype
+    (transformers' defaults are fp4 without double quantization). 8-bit: LLM.int8.
+
+    Raises
+    ------
+    ConfigError
+        ``settings.quantize == "none"``.
+    """
+    from transformers import BitsAndBytesConfig
+
+    if settings.quantize == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=resolve_compute_dtype(settings),
+        )
+    if settings.quantize == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    raise ConfigError(
+        "quantization_config() was asked for settings with quantize='none'",
+        "use quantize: 4bit or 8bit",
+    )
+
+
+def quantized_device_map(device: str | torch.device | None = None) -> dict[str, Any]:
+    """``device_map`` of a quantized backbone: ``{"": device}``, the whole model on one device.
+
+    bitsandbytes quantizes while the weights are loaded, on the device that keeps them, so
+    a quantized model is placed at load time instead of moved afterwards. Default: on
+    CUDA the GPU of this process, ``LOCAL_RANK`` under ``torchrun`` / ``accelerate launch``
+    (Accelerate's ``local_process_index``): every data-parallel process holds its own
+    quantized copy, the usual QLoRA DDP set-up. Without CUDA, the CPU.
+    """
+    if device is not None:
+        return {"": torch.device(device)}
+    if torch.cuda.is_available():
+        index = os.environ.get("LOCAL_RANK")
+        return {"": int(index) if index is not None else torch.cuda.current_device()}
+    return {"": "cpu"}
+
+
+def lora_targets(model: nn.Module, settings: LoraSettings) -> dict[str, nn.Module]:
+    """The layers LoRA adapts: ``{dotted path in model: layer}``.
+
+    Only linear layers (``nn.Linear`` and its quantized subclasses, GPT-2's ``Conv1D``)
+    inside the family's Transformer blocks are candidates.
+
+    Raises
+    ------
+    ConfigError
+        ``"auto"`` for a family without defaults, or a name that matches no layer.
+    """
+    from transformers.pytorch_utils import Conv1D
+
+    model_type = model.config.model_type
+    if model_type not in FAMILIES:
+        raise ConfigError(
+            f"LoRA is set up for the backbone families {', '.join(FAMILIES)}, not {model_type!r}",
+            "use a backbone of one of those families",
+        )
+    names = settings.target_modules
+    if names == "auto":
+        if model_type not in AUTO_TARGETS:
+            raise ConfigError(
+                f"no default LoRA targets for {model_type!r} models",
+                "list the layer names in lora.target_modules, or use 'all-linear'",
+            )
+        names = AUTO_TARGETS[model_type]
+    blocks = FAMILIES[model_type].blocks
+    linear = {
+        f"{blocks}.{name}": module
+        for name, module in model.get_submodule(blocks).named_modules()
+        if isinstance(module, (nn.Linear, Conv1D))
+    }
+    if names == "all-linear":
+        return linear
+
+    def matches(path: str, name: str) -> bool:  # peft's rule for a target name
+        return path == name or path.endswith("." + name)
+
+    unmatched = [n for n in names if not any(matches(path, n) for path in linear)]
+    if unmatched:
+        available = sorted({path.rsplit(".", 1)[-1] for path in linear})
+        raise ConfigError(
+            f"lora.target_modules {unmatched} match no linear layer in the blocks of this "
+            f"{model_type} model",
+            f"use some of {', '.join(available)}, or 'all-linear'",
+        )
+    return {path: m for path, m in linear.items() if any(matches(path, n) for n in names)}
+
+
+@contextlib.contextmanager
+def _peft_deprecations_quiet() -> Iterator[None]:
+    """peft 0.21 calls transformers' gradient-checkpointing names that transformers 5
+    deprecates (a FutureWarning per call, about peft's code rather than the user's)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r".*deprecated and will be removed in v6", category=FutureWarning
+        )
+        yield
+
+
+def apply_lora(model: nn.Module, settings: LoraSettings) -> Any:
+    """Put LoRA into the blocks of a Hugging Face model; everything else is frozen.
+
+    The layers of :func:`lora_targets` are replaced in place (``model`` is modified) by
+    peft's LoRA layers, whose ``lora_A`` / ``lora_B`` weights are the only trainable
+    parameters. A model loaded quantized (``quantization_config``) is first prepared by
+    ``peft.prepare_model_for_kbit_training`` (its remaining float weights, such as norms
+    and embeddings, are cast to float32 for stable training).
+
+    Parameters
+    ----------
+    model
+        A base model (``GPT2Model``, ``LlamaModel``, ``BertModel``, ...).
+    settings
+        Rank, scale, dropout and targets (``quantize`` describes how ``model`` was loaded).
+
+    Returns
+    -------
+    peft.PeftModel
+        The wrapper; ``get_base_model()`` is ``model`` with the LoRA layers in it.
+    """
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers.pytorch_utils import Conv1D
+
+    targets = lora_targets(model, settings)
+    quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(
+        model, "is_loaded_in_8bit", False
+    )
+    if settings.quantize != "none" and not quantized:
+        raise ConfigError(
+            f"lora.quantize={settings.quantize!r} but the model was loaded in full precision",
+            "load it with quantization_config(settings), as load_backbone does for freeze: qlora",
+        )
+    config = LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=sorted(targets),
+        fan_in_fan_out=any(isinstance(m, Conv1D) for m in targets.values()),
+        bias="none",
+    )
+    with _peft_deprecations_quiet():
+        if quantized:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+            _keep_4bit_layers_differentiable(model)
+        if settings.gradient_checkpointing:
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        peft_model = get_peft_model(model, config)
+    logger.debug(
+        "LoRA r=%d alpha=%g on %d layers of %s (fan_in_fan_out=%s, quantize=%s)",
+        settings.r, settings.alpha, len(targets), model.config.model_type,
+        config.fan_in_fan_out, settings.quantize,
+    )  # fmt: skip
+    return peft_model
+
+
+def _keep_4bit_layers_differentiable(model: nn.Module) -> None:
+    """Keep bitsandbytes' 4-bit layers on their differentiable CPU path.
+
+    On a CPU with AVX512-BF16, bitsandbytes 0.50 repacks a ``Linear4bit`` weight for an
+    inference kernel the first time the layer runs in eval mode without gradients, and
+    from then on uses that kernel in training too, where it has no backward (torch warns
+    "an autograd kernel was not registered"): the gradients reaching every LoRA layer
+    before it come out wrong. Training alternates with evaluation, so the repacking is
+    switched off (the weights stay in the layout the differentiable path and
+    ``state_dict`` use; only CPU inference speed is lost).
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit) and hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
+def _is_peft(module: nn.Module) -> bool:
+    return hasattr(module, "peft_config") and hasattr(module, "get_base_model")
+
+
+def _peft_models(module: nn.Module) -> list[Any]:
+    """The peft wrappers in ``module``: itself, or those of its LoRA backbones."""
+    if _is_peft(module):
+        return [module]
+    return [m.model for m in module.modules() if isinstance(m, FrozenBackbone) and m.has_lora]
+
+
+def _single_peft_model(module: nn.Module) -> Any:
+    found = _peft_models(module)
+    if len(found) != 1:
+        raise ConfigError(
+            f"{type(module).__name__} holds {len(found)} LoRA backbones, not one",
+            "pass a model built with freeze: lora or qlora, or its backbone",
+        )
+    return found[0]
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold the LoRA updates into the base weights: ``W <- W + (alpha / r) B A``.
+
+    A peft wrapper gives back its merged Hugging Face model. Any other module (an adapter
+    such as GPT4TS, or a :class:`FrozenBackbone`) is changed in place: each LoRA backbone
+    in it gets the merged model and the ``"frozen"`` policy, and the module is returned.
+    The merged model computes what the LoRA model did, without the extra matmuls. Merging
+    into 4-bit weights re-quantizes them, which rounds (peft warns).
+
+    Raises
+    ------
+    ConfigError
+        Nothing in ``model`` has LoRA layers.
+    """
+    if _is_peft(model):
+        return model.merge_and_unload()
+    backbones = [m for m in model.modules() if isinstance(m, FrozenBackbone) and m.has_lora]
+    if not backbones:
+        raise ConfigError(
+            f"{type(model).__name__} has no LoRA layers to merge",
+            "build it with freeze: lora or qlora",
+        )
+    for backbone in backbones:
+        backbone.model = backbone.model.merge_and_unload()
+        backbone.freeze("frozen")
+    return model
+
+
+def save_lora(model: nn.Module, directory: str | Path) -> Path:
+    """Write the LoRA weights (and peft's ``adapter_config.json``) of ``model`` to ``directory``.
+
+    ``model`` is a peft wrapper or a module with one LoRA backbone. Only the adapter
+    weights are written, as safetensors (:data:`ADAPTER_WEIGHTS`); the frozen weights and
+    the adapter's other layers are not (the engine's ``model.safetensors`` holds those).
+    """
+    directory = Path(directory)
+    _single_peft_model(model).save_pretrained(str(directory), safe_serialization=True)
+    return directory / ADAPTER_WEIGHTS
+
+
+def load_lora(model: nn.Module, directory: str | Path) -> None:
+    """Load LoRA weights written by :func:`save_lora` into ``model`` (in place).
+
+    ``model`` must carry LoRA layers of the same rank, scale and targets (build it with the
+    same settings). Only the safetensors file is read, never a pickle.
+
+    Raises
+    ------
+    ModelLoadError
+        No :data:`ADAPTER_WEIGHTS` in ``directory``, settings that differ from the saved
+        ones, or weights that do not cover every LoRA layer of ``model``.
+    """
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    peft_model = _single_peft_model(model)
+    directory = Path(directory)
+    weights = directory / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise ModelLoadError(
+            f"no {ADAPTER_WEIGHTS} in {directory}", "pass a directory written by save_lora"
+        )
+    saved = json.loads((directory / "adapter_config.json").read_text())
+    current = peft_model.peft_config["default"]
+    for key, now in (("r", current.r), ("lora_alpha", current.lora_alpha),
+                     ("target_modules", sorted(current.target_modules))):  # fmt: skip
+        then = sorted(saved[key]) if key == "target_modules" else saved[key]
+        if then != now:
+            raise ModelLoadError(
+                f"the adapter in {directory} has {key}={then!r}, the model {now!r}",
+                "build the model with the LoRA settings the adapter was trained with",
+            )
+    device = next(p.device for n, p in peft_model.named_parameters() if "lora_" in n)
+    result = set_peft_model_state_dict(peft_model, load_file(str(weights), device=str(device)))
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if result.unexpected_keys or missing:
+        raise ModelLoadError(
+            f"the adapter in {directory} does not fit the model (unexpected "
+            f"{result.unexpected_keys[:3]}, missing {missing[:3]})",
+            "load it into a model built with the same backbone and LoRA settings",
+        )
+
+
+def is_lora_parameter(name: str) -> bool:
+    """Whether a parameter name (as in ``named_parameters()``) is a LoRA weight (peft's
+    ``lora_`` prefix, e.g. ``...q_proj.lora_A.default.weight``)."""
+    return any(part.startswith("lora_") for part in name.split("."))
+
+
+def weight_memory(module: nn.Module) -> dict[str, int]:
+    """Bytes and logical size of a module's weights, quantized or not.
+
+    Returns
+    -------
+    dict
+        ``bytes``: parameters + buffers + quantization state (the 4-bit scales and code
+        tables, the 8-bit row scales), each tensor once; ``parameters``: the number of
+        weights they stand for (a 4-bit weight counts its unpacked elements, where
+        ``numel()`` counts the packed bytes).
+    """
+    seen: set[int] = set()
+    total = 0
+
+    def add(tensor: torch.Tensor) -> None:
+        nonlocal total
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            total += tensor.numel() * tensor.element_size()
+
+    count = 0
+    for param in module.parameters():
+        add(param)
+        state = getattr(param, "quant_state", None)  # bitsandbytes Params4bit
+        if state is not None:
+            count += state.shape.numel()
+            for value in state.as_dict(packed=False).values():
+                if torch.is_tensor(value):
+                    add(value)
+        else:
+            count += param.numel()
+        if getattr(param, "SCB", None) is not None:  # bitsandbytes Int8Params
+            add(param.SCB)
+    for buffer in module.buffers():
+        add(buffer)
+    return {"bytes": total, "parameters": count}
