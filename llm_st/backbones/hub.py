@@ -43,6 +43,10 @@ def _resolve(name_or_path: str | Path) -> tuple[str, bool]:
     name = str(name_or_path)
     if is_tiny(name):
         return str(tiny_model_dir(name)), True
+    from llm_st.alignment.text_encoder import MINILM, minilm_path
+
+    if name == MINILM:  # the pretrained all-MiniLM-L6-v2 that installs from the package registry
+        return str(minilm_path()), True
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():

