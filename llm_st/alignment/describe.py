@@ -35,6 +35,14 @@ Node statistics (median, ``s``, median step change) come from ``reference`` rows
 the training part when aligning, so held-out descriptions use nothing from their
 own future. All features are computed for all pairs at once with numpy; each
 distinct combination of phrases is rendered once.
+
+:meth:`Descriptions.render` gives the same content in other words
+(:data:`PARAPHRASES`, another sentence order; places and weekdays keep their names),
+to test whether an alignment carries over to wording it was not trained on::
+
+    During the evening commute on Tuesday; speed at a freeway sensor on Route 1
+    northbound, north-east of the centre: dropping steeply, much lower than normal,
+    highly erratic, an abrupt fall near the end.
 """
 
 from __future__ import annotations
@@ -165,6 +173,9 @@ class Descriptions:
         the node index into :attr:`places`); ``-1`` where the slot is left out.
     places : list[str]
         ``[num_nodes]`` place phrase of each node (empty without metadata).
+    num_windows, num_nodes : int
+    channel : str
+        Name of the described channel (the sentences' subject).
     """
 
     texts: list[str]
