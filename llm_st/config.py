@@ -71,8 +71,9 @@ def _require(ok: bool, problem: str, fix: str) -> None:
 
 
 def _choice(value: str, choices: tuple[str, ...], where: str) -> None:
-    _require(value in choices, f"{where}={value!r} is not supported",
-             f"use one of {', '.join(choices)}")
+    _require(
+        value in choices, f"{where}={value!r} is not supported", f"use one of {', '.join(choices)}"
+    )
 
 
 @dataclass
@@ -82,8 +83,9 @@ class DataConfig(_Section):
     _section: ClassVar[str] = "data"
 
     spec: str = _help("named dataset (METR-LA, ETTh1, ...), synthetic name or file path")
-    data_dir: str | None = _help("directory of the named datasets (default $LLM_ST_DATA)",
-                                 default=None)
+    data_dir: str | None = _help(
+        "directory of the named datasets (default $LLM_ST_DATA)", default=None
+    )
     history: int = _help("input window length L (steps)", default=12)
     horizon: int = _help("forecast length H (steps)", default=12)
     stride: int = _help("step between training windows (evaluation always uses 1)", default=1)
@@ -107,8 +109,9 @@ class DataConfig(_Section):
     )
 
     def _check(self) -> None:
-        _require(bool(self.spec), "data.spec is empty",
-                 "name a dataset, e.g. spec: synthetic-traffic")
+        _require(
+            bool(self.spec), "data.spec is empty", "name a dataset, e.g. spec: synthetic-traffic"
+        )
         for name in ("history", "horizon", "stride"):
             value = getattr(self, name)
             _require(value >= 1, f"data.{name}={value} must be at least 1", f"set data.{name} >= 1")
@@ -170,8 +173,9 @@ class ObjectiveConfig(_Section):
 
     _section: ClassVar[str] = "objective"
 
-    name: str = _help("registered objective name (see llm_st.objectives.list_objectives())",
-                      default="regression")
+    name: str = _help(
+        "registered objective name (see llm_st.objectives.list_objectives())", default="regression"
+    )
     params: dict[str, Any] = _help(
         "keyword arguments of the objective, e.g. loss: mae|mse|huber", default_factory=dict
     )
@@ -179,8 +183,9 @@ class ObjectiveConfig(_Section):
         "objective trained for `epochs` epochs before this one (e.g. masked reconstruction)",
         default=None,
     )
-    epochs: int | None = _help("epochs of a pretrain objective (only inside pretrain)",
-                               default=None)
+    epochs: int | None = _help(
+        "epochs of a pretrain objective (only inside pretrain)", default=None
+    )
 
     def _check(self) -> None:
         if self.pretrain is not None:
@@ -208,17 +213,20 @@ class TrainingConfig(_Section):
     _section: ClassVar[str] = "training"
 
     epochs: int = _help("maximum number of passes over the training windows", default=10)
-    max_steps: int | None = _help("stop after this many optimizer steps (overrides epochs)",
-                                  default=None)
+    max_steps: int | None = _help(
+        "stop after this many optimizer steps (overrides epochs)", default=None
+    )
     batch_size: int = _help("training windows per batch and process", default=32)
     eval_batch_size: int = _help("windows per batch in evaluation", default=64)
     lr: float = _help("peak learning rate of AdamW", default=1e-4)
     weight_decay: float = _help("AdamW decoupled weight decay", default=0.0)
-    scheduler: str = _help("learning-rate schedule after warm-up: cosine|constant|linear",
-                           default="cosine")
+    scheduler: str = _help(
+        "learning-rate schedule after warm-up: cosine|constant|linear", default="cosine"
+    )
     warmup_steps: int = _help("optimizer steps of linear warm-up from 0 to lr", default=0)
-    grad_clip: float | None = _help("clip the global gradient norm to this (null: no clipping)",
-                                    default=5.0)
+    grad_clip: float | None = _help(
+        "clip the global gradient norm to this (null: no clipping)", default=5.0
+    )
     grad_accum: int = _help("batches whose gradients are summed per optimizer step", default=1)
     mixed_precision: str = _help(
         "no|fp16|bf16; falls back to no, with a warning, where the device lacks it", default="no"
@@ -239,19 +247,34 @@ class TrainingConfig(_Section):
     def _check(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum"):
             value = getattr(self, name)
-            _require(value >= 1, f"training.{name}={value} must be at least 1",
-                     f"set training.{name} >= 1")
+            _require(
+                value >= 1,
+                f"training.{name}={value} must be at least 1",
+                f"set training.{name} >= 1",
+            )
         for name in ("max_steps", "patience", "eval_every"):
             value = getattr(self, name)
-            _require(value is None or value >= 1, f"training.{name}={value} must be at least 1",
-                     f"set training.{name} >= 1 or null")
+            _require(
+                value is None or value >= 1,
+                f"training.{name}={value} must be at least 1",
+                f"set training.{name} >= 1 or null",
+            )
         _require(self.lr > 0, f"training.lr={self.lr} must be positive", "use e.g. 1e-4")
-        _require(self.weight_decay >= 0, f"training.weight_decay={self.weight_decay} is negative",
-                 "use 0 or a small positive value")
-        _require(self.warmup_steps >= 0, f"training.warmup_steps={self.warmup_steps} is negative",
-                 "use 0 or more")
-        _require(self.grad_clip is None or self.grad_clip > 0,
-                 f"training.grad_clip={self.grad_clip} must be positive", "use e.g. 1.0 or null")
+        _require(
+            self.weight_decay >= 0,
+            f"training.weight_decay={self.weight_decay} is negative",
+            "use 0 or a small positive value",
+        )
+        _require(
+            self.warmup_steps >= 0,
+            f"training.warmup_steps={self.warmup_steps} is negative",
+            "use 0 or more",
+        )
+        _require(
+            self.grad_clip is None or self.grad_clip > 0,
+            f"training.grad_clip={self.grad_clip} must be positive",
+            "use e.g. 1.0 or null",
+        )
         _choice(self.scheduler, SCHEDULERS, "training.scheduler")
         _choice(self.mixed_precision, MIXED_PRECISION, "training.mixed_precision")
         _choice(self.select_metric, SELECT_METRICS, "training.select_metric")
@@ -382,8 +405,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})",
-                              "quote strings, e.g. data.spec='a:b'") from None
+            raise ConfigError(
+                f"override {item!r}: value is not valid YAML ({exc})",
+                "quote strings, e.g. data.spec='a:b'",
+            ) from None
         schema: Any = Recipe
         node = raw
         for depth, part in enumerate(parts):
@@ -395,8 +420,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
             else:
                 if not dataclasses.is_dataclass(schema) and typing.get_origin(schema) is not dict:
                     name = ".".join(parts[: depth + 1])
-                    raise ConfigError(f"override {item!r}: {name} is a value, not a section",
-                                      f"set {name}=... directly")
+                    raise ConfigError(
+                        f"override {item!r}: {name} is a value, not a section",
+                        f"set {name}=... directly",
+                    )
                 if not isinstance(node.get(part), dict):
                     node[part] = {}
                 node = node[part]
@@ -414,17 +441,21 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     """Read a YAML recipe, apply ``section.key=value`` overrides and validate everything."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"recipe file {str(path)!r} does not exist",
-                          "pass the path of a YAML recipe, e.g. "
-                          "alignment/var/synthetic-traffic/config.yaml")
+        raise ConfigError(
+            f"recipe file {str(path)!r} does not exist",
+            "pass the path of a YAML recipe, e.g. alignment/var/synthetic-traffic/config.yaml",
+        )
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {' '.join(str(exc).split())}",
-                          "fix the YAML syntax") from None
+        raise ConfigError(
+            f"recipe {str(path)!r} is not valid YAML: {' '.join(str(exc).split())}",
+            "fix the YAML syntax",
+        ) from None
     if raw is not None and not isinstance(raw, dict):
-        raise ConfigError(f"recipe {str(path)!r} is not a mapping",
-                          "write sections data:, model:, ...")
+        raise ConfigError(
+            f"recipe {str(path)!r} is not a mapping", "write sections data:, model:, ..."
+        )
     return recipe_from_dict(raw or {}, overrides)
 
 

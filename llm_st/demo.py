@@ -33,7 +33,12 @@ def _count_params(model: Any) -> tuple[int, int]:
 def _naive_rows(task: ForecastTask) -> list[dict[str, Any]]:
     rows = []
     per_day = task.data.steps_per_day()
-    for name, history in (("last_value", HISTORY), ("seasonal_naive", per_day), ("historical_average", HISTORY), ("var", HISTORY)):
+    for name, history in (
+        ("last_value", HISTORY),
+        ("seasonal_naive", per_day),
+        ("historical_average", HISTORY),
+        ("var", HISTORY),
+    ):
         t0 = time.perf_counter()
         model = build_model(name, DataInfo.from_data(task.data, history, HORIZON))
         model.fit_data(task.train_data(), task.scaler)
@@ -46,7 +51,9 @@ def _naive_rows(task: ForecastTask) -> list[dict[str, Any]]:
                 "trainable": 0,
                 "total": sum(b.numel() for b in model.buffers()),
                 "seconds": time.perf_counter() - t0,
-                "note": f"sees the last {history} steps (one day); same test targets" if history != HISTORY else None,
+                "note": f"sees the last {history} steps (one day); same test targets"
+                if history != HISTORY
+                else None,
             }
         )
     return rows
@@ -57,7 +64,17 @@ def _naive_rows(task: ForecastTask) -> list[dict[str, Any]]:
 LEARNED = (
     ("dlinear", {}, 400, 1e-2),
     ("stid", {}, 300, 2e-3),
-    ("graph_wavenet", {"residual_channels": 16, "dilation_channels": 16, "skip_channels": 64, "end_channels": 128}, 120, 2e-3),
+    (
+        "graph_wavenet",
+        {
+            "residual_channels": 16,
+            "dilation_channels": 16,
+            "skip_channels": 64,
+            "end_channels": 128,
+        },
+        120,
+        2e-3,
+    ),
 )
 
 
@@ -70,7 +87,14 @@ def _learned_rows(task: ForecastTask, quick: bool) -> list[dict[str, Any]]:
         t0 = time.perf_counter()
         model = build_model(name, DataInfo.from_data(task.data, HISTORY, HORIZON), **hparams)
         budget = steps // 3 if quick else steps
-        training = TrainingConfig(max_steps=budget, eval_every=max(10, budget // 4), lr=lr, batch_size=32, patience=100, seed=0)
+        training = TrainingConfig(
+            max_steps=budget,
+            eval_every=max(10, budget // 4),
+            lr=lr,
+            batch_size=32,
+            patience=100,
+            seed=0,
+        )
         result = fit_and_evaluate(model, task, training)
         rows.append(
             {
@@ -91,7 +115,9 @@ def _zero_shot_rows(task: ForecastTask, quick: bool, model: str | None) -> list[
 
     nodes = list(range(2 if quick else 8))
     windows = 1 if quick else 4
-    row = zero_shot_demo_row(task, model, max_windows=windows, nodes=nodes, num_samples=2 if quick else 5)
+    row = zero_shot_demo_row(
+        task, model, max_windows=windows, nodes=nodes, num_samples=2 if quick else 5
+    )
     row["family"] = "zero-shot LLM"
     row["note"] = f"{row['note']}; scored on {windows} test windows x {len(nodes)} sensors only"
     return [row]

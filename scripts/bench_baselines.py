@@ -33,27 +33,58 @@ from llm_st.evaluation.report import format_table
 from llm_st.models.registry import get_model_class
 
 RECIPES = Path(__file__).resolve().parents[1] / "alignment"
-GROUPS = {"ett": ("ETTh1", "ETTh2"), "graph": ("LosLoop", "SZ-taxi"),
-          "synthetic": ("synthetic-traffic",)}
-ORDER = ("last_value", "seasonal_naive", "historical_average", "var", "dlinear", "nlinear",
-         "patchtst", "pattn", "stid", "graph_wavenet", "stgcn")
+GROUPS = {
+    "ett": ("ETTh1", "ETTh2"),
+    "graph": ("LosLoop", "SZ-taxi"),
+    "synthetic": ("synthetic-traffic",),
+}
+ORDER = (
+    "last_value",
+    "seasonal_naive",
+    "historical_average",
+    "var",
+    "dlinear",
+    "nlinear",
+    "patchtst",
+    "pattn",
+    "stid",
+    "graph_wavenet",
+    "stgcn",
+)
 # normalized test MSE / MAE, history 336, horizon 96: PatchTST paper table 3 (PatchTST/42,
 # and DLinear as reported there and in the DLinear paper)
-PUBLISHED = {("ETTh1", "dlinear"): (0.375, 0.399), ("ETTh1", "patchtst"): (0.375, 0.399),
-             ("ETTh2", "dlinear"): (0.289, 0.353), ("ETTh2", "patchtst"): (0.274, 0.336)}
+PUBLISHED = {
+    ("ETTh1", "dlinear"): (0.375, 0.399),
+    ("ETTh1", "patchtst"): (0.375, 0.399),
+    ("ETTh2", "dlinear"): (0.289, 0.353),
+    ("ETTh2", "patchtst"): (0.274, 0.336),
+}
 KEYS = ("h3", "h6", "h12", "avg")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--only", nargs="+", default=["ett", "graph"], metavar="GROUP|DATASET",
-                   help=f"groups ({', '.join(GROUPS)}) or dataset names (default: ett graph)")
-    p.add_argument("--models", nargs="+",
-                   help="registry names to run (default: the baselines of ORDER with a recipe)")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        default=["ett", "graph"],
+        metavar="GROUP|DATASET",
+        help=f"groups ({', '.join(GROUPS)}) or dataset names (default: ett graph)",
+    )
+    p.add_argument(
+        "--models",
+        nargs="+",
+        help="registry names to run (default: the baselines of ORDER with a recipe)",
+    )
     p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per learned model")
     p.add_argument("--epochs", type=int, help="override training.epochs (a quick pass)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="recipe override applied to every run (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="recipe override applied to every run (repeatable)",
+    )
     p.add_argument("--out", default="runs/bench_baselines", help="parent of the run directories")
     p.add_argument("--data-dir", help="data root (default: $LLM_ST_DATA, then ../shared/data)")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 on a busy machine)")
@@ -81,17 +112,24 @@ def recipes_for(dataset: str, models: list[str] | None) -> list[Path]:
 
 def stats(runs: list[dict], history: int) -> dict:
     """Mean and std over seeds of the test metrics, cost and schedule of ``runs``."""
-    test = {k: {m: [r["test"][k][m] for r in runs] for m in runs[0]["test"][k]}
-            for k in KEYS if k in runs[0]["test"]}
+    test = {
+        k: {m: [r["test"][k][m] for r in runs] for m in runs[0]["test"][k]}
+        for k in KEYS
+        if k in runs[0]["test"]
+    }
     first = runs[0]
     return {
         "mean": {k: {m: float(np.mean(v)) for m, v in d.items()} for k, d in test.items()},
         "std": {k: {m: float(np.std(v)) for m, v in d.items()} for k, d in test.items()},
-        "seeds": len(runs), "learned": first["learned"], "params": first["params"],
+        "seeds": len(runs),
+        "learned": first["learned"],
+        "params": first["params"],
         "train_time_s": float(np.mean([r["train_time_s"] for r in runs])),
         "total_time_s": float(np.mean([r["total_time_s"] for r in runs])),
-        "epochs": [r["epochs"] for r in runs], "best_epoch": [r["best_epoch"] for r in runs],
-        "num_test_windows": first["num_test_windows"], "metric_scale": first["metric_scale"],
+        "epochs": [r["epochs"] for r in runs],
+        "best_epoch": [r["best_epoch"] for r in runs],
+        "num_test_windows": first["num_test_windows"],
+        "metric_scale": first["metric_scale"],
         "history": history,
     }
 
@@ -102,21 +140,43 @@ def pm(s: dict, key: str, metric: str, digits: int = 3) -> str:
 
 
 def ett_table(dataset: str, results: dict[str, dict]) -> str:
-    head = ["model", "MSE", "MAE", "published", "gap MSE", "gap MAE", "epochs (best)",
-            "train time", "trainable"]
+    head = [
+        "model",
+        "MSE",
+        "MAE",
+        "published",
+        "gap MSE",
+        "gap MAE",
+        "epochs (best)",
+        "train time",
+        "trainable",
+    ]
     rows = []
     for model, s in results.items():
         mse, mae = s["mean"]["avg"]["mse"], s["mean"]["avg"]["mae"]
         ref = PUBLISHED.get((dataset, model))
-        gaps = ["-", "-"] if ref is None else [f"{100 * (v / r - 1):+.1f}%"
-                                              for v, r in zip((mse, mae), ref, strict=True)]
-        rows.append([model, pm(s, "avg", "mse"), pm(s, "avg", "mae"),
-                     "-" if ref is None else f"{ref[0]:.3f} / {ref[1]:.3f}", *gaps,
-                     f"{s['epochs'][0]} ({s['best_epoch'][0]})", f"{s['train_time_s']:.0f}s",
-                     str(s["params"]["trainable"])])
+        gaps = (
+            ["-", "-"]
+            if ref is None
+            else [f"{100 * (v / r - 1):+.1f}%" for v, r in zip((mse, mae), ref, strict=True)]
+        )
+        rows.append(
+            [
+                model,
+                pm(s, "avg", "mse"),
+                pm(s, "avg", "mae"),
+                "-" if ref is None else f"{ref[0]:.3f} / {ref[1]:.3f}",
+                *gaps,
+                f"{s['epochs'][0]} ({s['best_epoch'][0]})",
+                f"{s['train_time_s']:.0f}s",
+                str(s["params"]["trainable"]),
+            ]
+        )
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-             for r in [head, ["-" * w for w in widths], *rows]]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in [head, ["-" * w for w in widths], *rows]
+    ]
     return "\n".join(lines)
 
 
@@ -126,19 +186,30 @@ def graph_table(results: dict[str, dict]) -> str:
         note = None
         if s["seeds"] > 1:
             note = f"std of MAE/RMSE over {s['seeds']} seeds: " + ", ".join(
-                f"{k} {s['std'][k]['mae']:.3f}/{s['std'][k]['rmse']:.3f}" for k in s["std"])
-        rows.append({"method": model, "metrics": s["mean"], "note": note,
-                     "family": f"{s['epochs'][0]} ep (best {s['best_epoch'][0]})"
-                     if s["learned"] else "not learned",
-                     "trainable": s["params"]["trainable"], "total": s["params"]["total"],
-                     "seconds": s["train_time_s"] if s["learned"] else s["total_time_s"]})
+                f"{k} {s['std'][k]['mae']:.3f}/{s['std'][k]['rmse']:.3f}" for k in s["std"]
+            )
+        rows.append(
+            {
+                "method": model,
+                "metrics": s["mean"],
+                "note": note,
+                "family": f"{s['epochs'][0]} ep (best {s['best_epoch'][0]})"
+                if s["learned"]
+                else "not learned",
+                "trainable": s["params"]["trainable"],
+                "total": s["params"]["total"],
+                "seconds": s["train_time_s"] if s["learned"] else s["total_time_s"],
+            }
+        )
     text = format_table(rows, KEYS)
     refs = [m for m in ("last_value", "historical_average") if m in results]
     for ref in refs:
         base = results[ref]["mean"]["avg"]["mae"]
         text += f"\navg MAE vs {ref}: " + ", ".join(
             f"{m} {100 * (s['mean']['avg']['mae'] / base - 1):+.1f}%"
-            for m, s in results.items() if m != ref)
+            for m, s in results.items()
+            if m != ref
+        )
     return text
 
 
@@ -178,20 +249,29 @@ def run(args: argparse.Namespace) -> int:
                 recipe = load_recipe(path, [*overrides, f"training.seed={seed}"])
                 run = train(recipe, root / dataset / model / f"seed{seed}", data=data)
                 runs.append(run)
-                print(f"  {dataset} {model} seed {seed}: avg MAE {run['test']['avg']['mae']:.4f}"
-                      f", MSE {run['test']['avg']['mse']:.4f}, train {run['train_time_s']:.0f}s,"
-                      f" total {run['total_time_s']:.0f}s", flush=True)
+                print(
+                    f"  {dataset} {model} seed {seed}: avg MAE {run['test']['avg']['mae']:.4f}"
+                    f", MSE {run['test']['avg']['mse']:.4f}, train {run['train_time_s']:.0f}s,"
+                    f" total {run['total_time_s']:.0f}s",
+                    flush=True,
+                )
             results[model] = stats(runs, recipe.data.history)
         s = next(iter(results.values()))
         history = min(r["history"] for r in results.values())
         longer = [m for m, r in results.items() if r["history"] > history]
-        print(f"\n== {dataset}: history {history}"
-              + (f" ({', '.join(longer)}: one day)" if longer else "")
-              + f" -> horizon {recipe.data.horizon}, {s['num_test_windows']} test windows, "
-              f"metrics on the {s['metric_scale']} scale; time: training (learned) or fit + "
-              "test (not learned)")
-        print(ett_table(dataset, results) if s["metric_scale"] == "normalized"
-              else graph_table(results), flush=True)
+        print(
+            f"\n== {dataset}: history {history}"
+            + (f" ({', '.join(longer)}: one day)" if longer else "")
+            + f" -> horizon {recipe.data.horizon}, {s['num_test_windows']} test windows, "
+            f"metrics on the {s['metric_scale']} scale; time: training (learned) or fit + "
+            "test (not learned)"
+        )
+        print(
+            ett_table(dataset, results)
+            if s["metric_scale"] == "normalized"
+            else graph_table(results),
+            flush=True,
+        )
         summary[dataset] = results
     root.mkdir(parents=True, exist_ok=True)
     (root / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -38,8 +38,11 @@ MODES = ("full", "lora", "qlora")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--models", nargs="+", help="tiny names or model directories "
-                   "(default: tiny-llama and, if installed, MiniLM)")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        help="tiny names or model directories (default: tiny-llama and, if installed, MiniLM)",
+    )
     p.add_argument("--num-layers", type=int, help="blocks to keep (default: all)")
     p.add_argument("--r", type=int, default=8, help="LoRA rank")
     p.add_argument("--batch", type=int, default=16, help="sequences per batch")
@@ -63,8 +66,11 @@ def default_models() -> list[tuple[str, str]]:
 
 def block_linear_bytes(backbone: FrozenBackbone) -> int:
     """Bytes of the base linear layers of the blocks (not the LoRA weights beside them)."""
-    return sum(weight_memory(m)["bytes"] for n, m in backbone.blocks.named_modules()
-               if isinstance(m, (nn.Linear, Conv1D)) and not is_lora_parameter(n))
+    return sum(
+        weight_memory(m)["bytes"]
+        for n, m in backbone.blocks.named_modules()
+        if isinstance(m, (nn.Linear, Conv1D)) and not is_lora_parameter(n)
+    )
 
 
 def step_seconds(backbone: torch.nn.Module, batch: int, tokens: int, steps: int) -> float:
@@ -85,8 +91,9 @@ def step_seconds(backbone: torch.nn.Module, batch: int, tokens: int, steps: int)
 
 def measure(name: str, mode: str, args: argparse.Namespace) -> dict[str, float]:
     lora = {"r": args.r, "alpha": 2 * args.r, "dropout": 0.0} if mode != "full" else None
-    backbone = load_backbone(name, args.num_layers, freeze="frozen" if mode == "full" else mode,
-                             lora=lora)
+    backbone = load_backbone(
+        name, args.num_layers, freeze="frozen" if mode == "full" else mode, lora=lora
+    )
     if mode == "full":
         backbone.requires_grad_(True)
     memory = weight_memory(backbone)
@@ -104,11 +111,15 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     models = [(m, m) for m in args.models] if args.models else default_models()
-    print(f"CPU, {args.threads} thread(s), batch {args.batch} x {args.tokens} tokens, "
-          f"LoRA r={args.r}; step = forward + backward, median of {args.steps}")
-    header = (f"{'backbone':<18} {'mode':<6} {'trainable':>11} {'total':>12} {'train %':>8} "
-              f"{'weights MiB':>11} {'vs full':>8} {'linear MiB':>10} {'vs full':>8} "
-              f"{'step ms':>9}")
+    print(
+        f"CPU, {args.threads} thread(s), batch {args.batch} x {args.tokens} tokens, "
+        f"LoRA r={args.r}; step = forward + backward, median of {args.steps}"
+    )
+    header = (
+        f"{'backbone':<18} {'mode':<6} {'trainable':>11} {'total':>12} {'train %':>8} "
+        f"{'weights MiB':>11} {'vs full':>8} {'linear MiB':>10} {'vs full':>8} "
+        f"{'step ms':>9}"
+    )
     print(header)
     print("-" * len(header))
     for label, name in models:
@@ -116,10 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         for mode in MODES:
             row = measure(name, mode, args)
             full = full or row
-            print(f"{label:<18} {mode:<6} {row['trainable']:>11,} {row['total']:>12,} "
-                  f"{100 * row['trainable'] / row['total']:>7.2f}% {row['mib']:>11.2f} "
-                  f"{row['mib'] / full['mib']:>7.2f}x {row['linear_mib']:>10.2f} "
-                  f"{row['linear_mib'] / full['linear_mib']:>7.2f}x {row['step_ms']:>9.1f}")
+            print(
+                f"{label:<18} {mode:<6} {row['trainable']:>11,} {row['total']:>12,} "
+                f"{100 * row['trainable'] / row['total']:>7.2f}% {row['mib']:>11.2f} "
+                f"{row['mib'] / full['mib']:>7.2f}x {row['linear_mib']:>10.2f} "
+                f"{row['linear_mib'] / full['linear_mib']:>7.2f}x {row['step_ms']:>9.1f}"
+            )
     return 0
 
 

@@ -56,8 +56,12 @@ from llm_st.evaluation.ablation import (  # noqa: E402
 ALIGNMENT = Path(__file__).resolve().parents[1] / "alignment"
 PLAN = ALIGNMENT / "benchmarks" / "transfer_ablations.yaml"
 # normalized test MSE / MAE on ETTh1, horizon 96 (history 336; Time-LLM: 512), their papers
-PUBLISHED = {"gpt4ts": (0.376, 0.397), "timellm": (0.362, 0.392), "dlinear": (0.375, 0.399),
-             "patchtst": (0.375, 0.399)}
+PUBLISHED = {
+    "gpt4ts": (0.376, 0.397),
+    "timellm": (0.362, 0.392),
+    "dlinear": (0.375, 0.399),
+    "patchtst": (0.375, 0.399),
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -65,8 +69,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--plan", default=str(PLAN), help="benchmark YAML (default: %(default)s)")
     p.add_argument("--only", nargs="+", metavar="DATASET", help="datasets of the plan to run")
     p.add_argument("--adapters", nargs="+", help="adapters to run (default: the plan's)")
-    p.add_argument("--modes", nargs="+", choices=BACKBONE_MODES,
-                   help="backbone modes (default: the plan's four)")
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        choices=BACKBONE_MODES,
+        help="backbone modes (default: the plan's four)",
+    )
     p.add_argument("--no-baselines", action="store_true", help="skip the baseline rows")
     p.add_argument("--max-steps", type=int, help="optimizer steps of every run")
     p.add_argument("--epochs", type=int, help="epochs of every run instead of a step budget")
@@ -75,8 +83,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-stride", type=int, help="step between scored windows (1: all)")
     p.add_argument("--num-layers", type=int, help="backbone blocks kept")
     p.add_argument("--lr", type=float, help="learning rate of every row")
-    p.add_argument("--backbone", help="language backbone: a GPT-2 / LLaMA / BERT directory "
-                   "(default: the plan's, minilm)")
+    p.add_argument(
+        "--backbone",
+        help="language backbone: a GPT-2 / LLaMA / BERT directory (default: the plan's, minilm)",
+    )
     p.add_argument("--mae", help="ViT-MAE directory for VisionTS (default: its recipe's)")
     p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per run")
     p.add_argument("--threads", default="auto", help="torch CPU threads, or auto (measured)")
@@ -87,8 +97,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def budget_of(dataset: BenchDataset, args: argparse.Namespace) -> Budget:
     """The dataset's budget with the command line's changes."""
-    changes = {k: getattr(args, k) for k in ("batch_size", "stride", "eval_stride",
-                                             "num_layers", "lr") if getattr(args, k) is not None}
+    changes = {
+        k: getattr(args, k)
+        for k in ("batch_size", "stride", "eval_stride", "num_layers", "lr")
+        if getattr(args, k) is not None
+    }
     if args.epochs:
         changes.update(epochs=args.epochs, max_steps=None)
     elif args.max_steps:
@@ -127,8 +140,12 @@ def main(argv: list[str] | None = None) -> int:
         budget = budget_of(dataset, args)
         adapters = [a for a in dataset.adapters if not args.adapters or a in args.adapters]
         baselines = [] if args.no_baselines else dataset.baselines
-        spec = dataset.spec or load_recipe(
-            ALIGNMENT / (adapters + baselines)[0] / dataset.name / "config.yaml").data.spec
+        spec = (
+            dataset.spec
+            or load_recipe(
+                ALIGNMENT / (adapters + baselines)[0] / dataset.name / "config.yaml"
+            ).data.spec
+        )
         data = load(spec, data_dir=args.data_dir)
         say(f"\n== {dataset.name}: {data!r}")
         say(f"budget: {budget.describe()}")
@@ -137,8 +154,11 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"  {model}: {' '.join(items)} (every mode)")
         rows, tasks = [], {}
         for model in adapters + baselines:
-            overrides = [f"data.spec={spec}", *budget.overrides(model),
-                         *dataset.overrides.get(model, [])]
+            overrides = [
+                f"data.spec={spec}",
+                *budget.overrides(model),
+                *dataset.overrides.get(model, []),
+            ]
             if takes_backbone_mode(model):
                 overrides.append(f"model.params.backbone={backbone}")
             elif model == "visionts" and args.mae:
@@ -160,30 +180,38 @@ def main(argv: list[str] | None = None) -> int:
                     folder.mkdir(parents=True, exist_ok=True)
                     name = f"{run['mode'] or 'recipe'}-seed{seed}.json"
                     (folder / name).write_text(json.dumps(run, indent=2))
-                    print(f"  {model}/{run['mode'] or '-'} seed {seed}: test avg MAE "
-                          f"{run['test']['avg']['mae']:.4f}, MSE {run['test']['avg']['mse']:.4f}"
-                          f", {run['seconds']:.0f}s", flush=True)
+                    print(
+                        f"  {model}/{run['mode'] or '-'} seed {seed}: test avg MAE "
+                        f"{run['test']['avg']['mae']:.4f}, MSE {run['test']['avg']['mse']:.4f}"
+                        f", {run['seconds']:.0f}s",
+                        flush=True,
+                    )
                 runs += new
             for mode in dict.fromkeys(r["mode"] for r in runs):
                 rows.append(mean_over_seeds([r for r in runs if r["mode"] == mode]))
         if not rows:
             continue
         first, task = rows[0], next(iter(tasks.values()))
-        say(f"\n{dataset.name}: history {task.history} -> horizon {task.horizon}, "
+        say(
+            f"\n{dataset.name}: history {task.history} -> horizon {task.horizon}, "
             f"{len(task.dataset('train'))} training windows (stride {budget.stride}), "
             f"{len(task.dataset('val'))} validation and {first['num_test_windows']} test "
             f"windows (one in {budget.eval_stride}), metrics on the {first['metric_scale']} "
-            f"scale, {args.seeds} seed(s)")
+            f"scale, {args.seeds} seed(s)"
+        )
         say(ablation_table(rows))
         for line in ablation_verdicts(rows):
             say(f"  {line}")
         if first["metric_scale"] == "normalized" and dataset.name == "ETTh1":
-            say("  published (full training; GPT-2 / LLaMA-7B backbones): " + ", ".join(
-                f"{m} {mse:.3f}/{mae:.3f}" for m, (mse, mae) in PUBLISHED.items()))
-        summary[dataset.name] = {"budget": dataclasses.asdict(budget), "spec": spec,
-                                 "rows": rows}
-    say(f"\ntotal wall time {time.perf_counter() - started:.0f}s; threads "
-        f"{torch.get_num_threads()}; results in {root}")
+            say(
+                "  published (full training; GPT-2 / LLaMA-7B backbones): "
+                + ", ".join(f"{m} {mse:.3f}/{mae:.3f}" for m, (mse, mae) in PUBLISHED.items())
+            )
+        summary[dataset.name] = {"budget": dataclasses.asdict(budget), "spec": spec, "rows": rows}
+    say(
+        f"\ntotal wall time {time.perf_counter() - started:.0f}s; threads "
+        f"{torch.get_num_threads()}; results in {root}"
+    )
     (root / "summary.json").write_text(json.dumps(summary, indent=2))
     (root / "report.txt").write_text("\n".join(report) + "\n")
     return 0

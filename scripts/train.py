@@ -26,8 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--recipe", required=True, help="YAML recipe file")
     parser.add_argument("--out", required=True, help="run directory")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="recipe override, e.g. training.lr=3e-4 (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="recipe override, e.g. training.lr=3e-4 (repeatable)",
+    )
     how = parser.add_mutually_exclusive_group()
     how.add_argument("--resume", action="store_true", help="continue the run in --out")
     how.add_argument("--overwrite", action="store_true", help="replace results in --out")

@@ -31,23 +31,46 @@ FAMILIES = ("tiny-gpt2", "tiny-llama", "tiny-bert")
 D = 64
 HPARAMS = {  # tiny sizes; every model keeps both blocks of the tiny backbones
     "gpt4ts": {"num_layers": 2, "patch_len": 4, "stride": 2},
-    "timellm": {"num_layers": 2, "patch_len": 4, "stride": 2, "d_model": 8, "n_heads": 2,
-                "d_ff": 8, "num_prototypes": 16},
+    "timellm": {
+        "num_layers": 2,
+        "patch_len": 4,
+        "stride": 2,
+        "d_model": 8,
+        "n_heads": 2,
+        "d_ff": 8,
+        "num_prototypes": 16,
+    },
     "stllm": {"num_layers": 2, "channels": 16},
 }
 DEFAULT_POLICY = {"gpt4ts": "layernorm", "timellm": "frozen", "stllm": "attention"}
-GRAPH = DataInfo(num_nodes=5, num_channels=1, history=12, horizon=12, steps_per_day=288,
-                 name="roads", description="Speeds of 5 road sensors.")
-SERIES = DataInfo(num_nodes=3, num_channels=2, history=32, horizon=16, steps_per_day=24,
-                  name="loads")
+GRAPH = DataInfo(
+    num_nodes=5,
+    num_channels=1,
+    history=12,
+    horizon=12,
+    steps_per_day=288,
+    name="roads",
+    description="Speeds of 5 road sensors.",
+)
+SERIES = DataInfo(
+    num_nodes=3, num_channels=2, history=32, horizon=16, steps_per_day=24, name="loads"
+)
 # trainable parameters outside the backbone, by hand, for GRAPH (L = H = 12, N = 5, C = 1)
 OWN = {
     # patch embedding Linear(4, 64); 6 patches -> head Linear(6 * 64, 12)
     "gpt4ts": 4 * 64 + 64 + 6 * 64 * 12 + 12,
     # conv 4 -> 8 (kernel 3); prototype map Linear(1000, 16) (GPT-2's vocabulary);
     # query Linear(8, 2 * 8), key/value Linear(64, 16), out Linear(16, 64); head Linear(6 * 8, 12)
-    "timellm": 4 * 8 * 3 + 1000 * 16 + 16 + 8 * 16 + 16 + 2 * (64 * 16 + 16) + 16 * 64 + 64
-    + 6 * 8 * 12 + 12,
+    "timellm": 4 * 8 * 3
+    + 1000 * 16
+    + 16
+    + 8 * 16
+    + 16
+    + 2 * (64 * 16 + 16)
+    + 16 * 64
+    + 64
+    + 6 * 8 * 12
+    + 12,
     # token Linear(12, 16); node 5 x 16; time of day 288 x 16; day of week 7 x 16;
     # fusion Linear(48, 64); head Linear(64, 12)
     "stllm": 12 * 16 + 16 + 5 * 16 + 288 * 16 + 7 * 16 + 48 * 64 + 64 + 64 * 12 + 12,
@@ -64,19 +87,40 @@ def own(adapter: str, family: str = "tiny-gpt2") -> int:
 
 OWN_NAMES = {
     "gpt4ts": {"patch_embedding.weight", "patch_embedding.bias", "head.1.weight", "head.1.bias"},
-    "timellm": {"patch_embedding.conv.weight", "prototype_map.weight", "prototype_map.bias",
-                "head.1.weight", "head.1.bias"}
-    | {f"reprogramming.{m}.{p}" for m in ("query", "key", "value", "out")
-       for p in ("weight", "bias")},
-    "stllm": {"token_embedding.weight", "token_embedding.bias", "node_embedding", "time_of_day",
-              "day_of_week", "fusion.weight", "fusion.bias", "head.weight", "head.bias"},
+    "timellm": {
+        "patch_embedding.conv.weight",
+        "prototype_map.weight",
+        "prototype_map.bias",
+        "head.1.weight",
+        "head.1.bias",
+    }
+    | {
+        f"reprogramming.{m}.{p}"
+        for m in ("query", "key", "value", "out")
+        for p in ("weight", "bias")
+    },
+    "stllm": {
+        "token_embedding.weight",
+        "token_embedding.bias",
+        "node_embedding",
+        "time_of_day",
+        "day_of_week",
+        "fusion.weight",
+        "fusion.bias",
+        "head.weight",
+        "head.bias",
+    },
 }
 # the tiny backbones' trainable parameters per policy (see tests/test_backbones.py)
 BODY = {
-    ("tiny-gpt2", "frozen"): 0, ("tiny-gpt2", "layernorm"): 66176,
-    ("tiny-gpt2", "attention"): 82816, ("tiny-llama", "layernorm"): 320,
-    ("tiny-llama", "attention"): 12608, ("tiny-llama", "frozen"): 0,
-    ("tiny-bert", "layernorm"): 33408, ("tiny-bert", "attention"): 50048,
+    ("tiny-gpt2", "frozen"): 0,
+    ("tiny-gpt2", "layernorm"): 66176,
+    ("tiny-gpt2", "attention"): 82816,
+    ("tiny-llama", "layernorm"): 320,
+    ("tiny-llama", "attention"): 12608,
+    ("tiny-llama", "frozen"): 0,
+    ("tiny-bert", "layernorm"): 33408,
+    ("tiny-bert", "attention"): 50048,
     ("tiny-bert", "frozen"): 0,
 }
 
@@ -98,8 +142,13 @@ def make_batch(info: DataInfo, batch: int = 3, seed: int = 0) -> dict[str, torch
     x = torch.sin(2 * torch.pi * t / 8 + torch.rand(batch, 1, N, C, generator=g) * 6)
     x = x + 0.2 * torch.randn(batch, L, N, C, generator=g)
     day = torch.rand(batch, 1, generator=g)
-    times = torch.stack([(day + torch.arange(L) / 288) % 1,
-                         torch.randint(0, 7, (batch, 1), generator=g).expand(-1, L).float()], -1)
+    times = torch.stack(
+        [
+            (day + torch.arange(L) / 288) % 1,
+            torch.randint(0, 7, (batch, 1), generator=g).expand(-1, L).float(),
+        ],
+        -1,
+    )
     return {"x": x, "x_mask": torch.ones_like(x, dtype=torch.bool), "x_time": times}
 
 
@@ -146,8 +195,7 @@ CASES = [(a, "tiny-gpt2", p) for a in ADAPTERS for p in ("frozen", "layernorm", 
 @pytest.mark.parametrize(("adapter", "family", "policy"), CASES)
 def test_training_moves_every_trainable_parameter_and_no_frozen_one(dirs, adapter, family, policy):
     model = make(adapter, dirs[family], freeze=policy).train()
-    expected = OWN_NAMES[adapter] | {
-        f"body.{n}" for n in model.body.trainable_names(policy, 1)}
+    expected = OWN_NAMES[adapter] | {f"body.{n}" for n in model.body.trainable_names(policy, 1)}
     assert trainable(model) == expected
     assert count_parameters(model)["trainable"] == own(adapter, family) + BODY[family, policy]
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -180,8 +228,10 @@ def test_ablations_replace_only_the_backbone(dirs, adapter):
     # llm2attn: exactly one attention layer (+ its LayerNorm) in place of the LLM, trainable
     assert isinstance(attention.body, AttentionBody)
     assert sum(isinstance(m, nn.MultiheadAttention) for m in attention.modules()) == 1
-    assert count_parameters(attention.body) == {"trainable": 4 * D * D + 6 * D,
-                                                "total": 4 * D * D + 6 * D}
+    assert count_parameters(attention.body) == {
+        "trainable": 4 * D * D + 6 * D,
+        "total": 4 * D * D + 6 * D,
+    }
     assert count_parameters(attention)["trainable"] == OWN[adapter] + 4 * D * D + 6 * D
     # random_init: the pretrained architecture, policy and names, other backbone values
     shapes = {n: (p.shape, p.requires_grad) for n, p in pretrained.named_parameters()}
@@ -306,8 +356,15 @@ def test_the_engine_trains_adapters_without_touching_frozen_weights(dirs, adapte
     short = {"max_prompt_tokens": 24} if adapter == "timellm" else {}  # a cheaper tiny LLM call
     model = make(adapter, dirs["tiny-gpt2"], info, **short)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    config = TrainingConfig(max_steps=3, batch_size=8, eval_batch_size=128, lr=1e-2,
-                            weight_decay=0.1, patience=None, device="cpu")
+    config = TrainingConfig(
+        max_steps=3,
+        batch_size=8,
+        eval_batch_size=128,
+        lr=1e-2,
+        weight_decay=0.1,
+        patience=None,
+        device="cpu",
+    )
     metrics = fit_and_evaluate(model, task, config, run_dir=tmp_path / "run")
     assert metrics["steps"] == 3 and math.isfinite(metrics["test"]["avg"]["mae"])
     assert metrics["params"]["trainable"] == count_parameters(model)["trainable"] > 0
@@ -332,5 +389,6 @@ def test_reduced_precision_backbone_inside_an_adapter(dirs):
     assert torch.equal(first, second) and torch.equal(first, reference)
     model = make("gpt4ts", dirs["tiny-llama"], dtype="bfloat16")
     model(batch).square().mean().backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0
-               for p in model.parameters() if p.requires_grad)
+    assert all(
+        p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad
+    )

@@ -72,19 +72,27 @@ def test_truncation_keeps_k_blocks_equal_to_the_full_model_after_k_blocks(dirs, 
 
 # ---------------------------------------------------------------------- freezing
 
-GPT2_NORMS = {f"model.h.{i}.{ln}.{p}" for i in (0, 1) for ln in ("ln_1", "ln_2")
-              for p in ("weight", "bias")} | {"model.ln_f.weight", "model.ln_f.bias"}
-LLAMA_NORMS = {f"model.layers.{i}.{ln}.weight" for i in (0, 1)
-               for ln in ("input_layernorm", "post_attention_layernorm")} | {"model.norm.weight"}
+GPT2_NORMS = {
+    f"model.h.{i}.{ln}.{p}" for i in (0, 1) for ln in ("ln_1", "ln_2") for p in ("weight", "bias")
+} | {"model.ln_f.weight", "model.ln_f.bias"}
+LLAMA_NORMS = {
+    f"model.layers.{i}.{ln}.weight"
+    for i in (0, 1)
+    for ln in ("input_layernorm", "post_attention_layernorm")
+} | {"model.norm.weight"}
 BERT_NORMS = {"model.embeddings.LayerNorm.weight", "model.embeddings.LayerNorm.bias"} | {
-    f"model.encoder.layer.{i}.{part}.LayerNorm.{p}" for i in (0, 1)
-    for part in ("attention.output", "output") for p in ("weight", "bias")}
+    f"model.encoder.layer.{i}.{part}.LayerNorm.{p}"
+    for i in (0, 1)
+    for part in ("attention.output", "output")
+    for p in ("weight", "bias")
+}
 EXPECTED = {
     # (names, trainable parameter count) by hand: GPT-2 wpe 1024 x 64, 5 LayerNorms x 128;
     # last-block attention c_attn 64 x 192 + 192, c_proj 64 x 64 + 64
     ("tiny-gpt2", "layernorm"): (GPT2_NORMS | {"model.wpe.weight"}, 65536 + 640),
     ("tiny-gpt2", "attention"): (
-        GPT2_NORMS | {"model.wpe.weight"}
+        GPT2_NORMS
+        | {"model.wpe.weight"}
         | {f"model.h.1.attn.{m}.{p}" for m in ("c_attn", "c_proj") for p in ("weight", "bias")},
         65536 + 640 + 12480 + 4160,
     ),
@@ -95,14 +103,22 @@ EXPECTED = {
         320 + 2 * 4096 + 2 * 2048,
     ),
     # BERT: positions 512 x 64, 5 LayerNorms x 128; attention q, k, v, output 4 x (64 x 64 + 64)
-    ("tiny-bert", "layernorm"): (BERT_NORMS | {"model.embeddings.position_embeddings.weight"},
-                                 32768 + 640),
+    ("tiny-bert", "layernorm"): (
+        BERT_NORMS | {"model.embeddings.position_embeddings.weight"},
+        32768 + 640,
+    ),
     ("tiny-bert", "attention"): (
-        BERT_NORMS | {"model.embeddings.position_embeddings.weight"}
-        | {f"model.encoder.layer.1.attention.self.{m}.{p}" for m in ("query", "key", "value")
-           for p in ("weight", "bias")}
-        | {"model.encoder.layer.1.attention.output.dense.weight",
-           "model.encoder.layer.1.attention.output.dense.bias"},
+        BERT_NORMS
+        | {"model.embeddings.position_embeddings.weight"}
+        | {
+            f"model.encoder.layer.1.attention.self.{m}.{p}"
+            for m in ("query", "key", "value")
+            for p in ("weight", "bias")
+        }
+        | {
+            "model.encoder.layer.1.attention.output.dense.weight",
+            "model.encoder.layer.1.attention.output.dense.bias",
+        },
         32768 + 640 + 4 * 4160,
     ),
 }
@@ -139,7 +155,8 @@ def test_a_wrapped_model_starts_frozen():
     assert wrapped.policy == "frozen" and trainable(wrapped) == set()
     wrapped.freeze("layernorm")
     assert trainable(wrapped) == {"model.wpe.weight", "model.ln_f.weight", "model.ln_f.bias"} | {
-        f"model.h.0.{ln}.{p}" for ln in ("ln_1", "ln_2") for p in ("weight", "bias")}
+        f"model.h.0.{ln}.{p}" for ln in ("ln_1", "ln_2") for p in ("weight", "bias")
+    }
 
 
 def test_unknown_policy_and_bad_attention_block_counts_are_config_errors(dirs):
@@ -234,17 +251,21 @@ def test_ablation_bodies(dirs, name):
     assert {n: (p.shape, p.requires_grad) for n, p in random.named_parameters()} == shapes
     other = dict(random.named_parameters())
     matrices = [n for n, p in pretrained.named_parameters() if p.ndim == 2]
-    assert matrices and all(not torch.equal(p, other[n]) for n, p in
-                            pretrained.named_parameters() if n in matrices)
-    assert torch.equal(random.state_dict()[matrices[0]],
-                       build_body("random_init", dirs[name]).state_dict()[matrices[0]])  # seeded
+    assert matrices and all(
+        not torch.equal(p, other[n]) for n, p in pretrained.named_parameters() if n in matrices
+    )
+    assert torch.equal(
+        random.state_dict()[matrices[0]],
+        build_body("random_init", dirs[name]).state_dict()[matrices[0]],
+    )  # seeded
     # llm2attn: exactly one attention layer and its LayerNorm, trainable, at width 64
     assert isinstance(attention, AttentionBody)
     assert [type(m) for m in attention.children()] == [nn.MultiheadAttention, nn.LayerNorm]
     heads = {"tiny-gpt2": 2, "tiny-llama": 4, "tiny-bert": 2}[name]
     assert attention.attn.num_heads == heads and attention.hidden_size == D
     assert sum(p.numel() for p in attention.parameters() if p.requires_grad) == (
-        4 * D * D + 4 * D + 2 * D)  # in/out projections with biases, LayerNorm
+        4 * D * D + 4 * D + 2 * D
+    )  # in/out projections with biases, LayerNorm
     # none: no parameters, the identity
     assert isinstance(none, NoBody) and list(none.parameters()) == []
     x = embeds(2, 5)
@@ -281,8 +302,12 @@ def test_tiny_bert_tokenizer_behaves_like_bert(dirs):
 def test_prefix_cache_equals_recomputation_and_embeds_each_text_once(dirs, name):
     tokenizer = load_tokenizer(dirs[name])
     table = load_word_embeddings(dirs[name])
-    texts = ["min value 1.250, trend upward", "a", "min value 1.250, trend upward",
-             "top 5 lags are : 1, 2, 3"]
+    texts = [
+        "min value 1.250, trend upward",
+        "a",
+        "min value 1.250, trend upward",
+        "top 5 lags are : 1, 2, 3",
+    ]
     cached = PrefixEmbedder(tokenizer, cache=True)
     plain = PrefixEmbedder(tokenizer, cache=False)
     assert isinstance(cached.cache, EmbeddingCache)
@@ -296,8 +321,8 @@ def test_prefix_cache_equals_recomputation_and_embeds_each_text_once(dirs, name)
     # left padding: each prefix is its token embeddings, ending at the last position
     for text, row, valid in zip(texts, first, mask, strict=True):
         ids = tokenizer(text)["input_ids"]
-        assert int(valid.sum()) == len(ids) and bool(valid[-len(ids):].all())
-        assert torch.equal(row[-len(ids):], table[torch.tensor(ids)])
+        assert int(valid.sum()) == len(ids) and bool(valid[-len(ids) :].all())
+        assert torch.equal(row[-len(ids) :], table[torch.tensor(ids)])
         assert not row[: len(row) - len(ids)].any()
     # a full cache stops admitting texts; the outputs stay the same
     tiny = PrefixEmbedder(tokenizer, cache=True, cache_limit_mb=1e-6)

@@ -16,7 +16,9 @@ def run(capsys, *argv):
 
 
 def test_describe_json_named_dataset(capsys, shared_data):
-    code, out, _ = run(capsys, "data", "describe", "ETTh1", "--json", "--data-dir", str(shared_data))
+    code, out, _ = run(
+        capsys, "data", "describe", "ETTh1", "--json", "--data-dir", str(shared_data)
+    )
     info = json.loads(out)
     assert code == 0
     assert (info["num_steps"], info["num_nodes"], info["num_channels"]) == (17420, 7, 1)
@@ -25,7 +27,9 @@ def test_describe_json_named_dataset(capsys, shared_data):
 
 
 def test_describe_graph_dataset(capsys, shared_data):
-    code, out, _ = run(capsys, "data", "describe", "SZ-taxi", "--json", "--data-dir", str(shared_data))
+    code, out, _ = run(
+        capsys, "data", "describe", "SZ-taxi", "--json", "--data-dir", str(shared_data)
+    )
     info = json.loads(out)
     assert code == 0 and info["num_nodes"] == 156 and info["freq"] == "15min"
     assert 0.24 < info["missing_fraction"] < 0.26  # zeros are missing readings in SZ-taxi
@@ -34,7 +38,20 @@ def test_describe_graph_dataset(capsys, shared_data):
 
 def test_generate_then_describe_roundtrip(capsys, tmp_path):
     out_file = tmp_path / "traffic.npz"
-    code, out, _ = run(capsys, "data", "generate", "synthetic-traffic", "--out", str(out_file), "--param", "num_nodes=12", "--param", "num_days=2", "--seed", "3")
+    code, out, _ = run(
+        capsys,
+        "data",
+        "generate",
+        "synthetic-traffic",
+        "--out",
+        str(out_file),
+        "--param",
+        "num_nodes=12",
+        "--param",
+        "num_days=2",
+        "--seed",
+        "3",
+    )
     assert code == 0 and out_file.exists()
     data = load_npz(out_file)
     assert data.shape == (2 * 288, 12, 1)
@@ -43,10 +60,36 @@ def test_generate_then_describe_roundtrip(capsys, tmp_path):
     assert info["num_nodes"] == 12 and info["num_edges"] == data.num_edges
     assert info["missing_fraction"] == pytest.approx(data.missing_fraction, abs=1e-6)
     # same seed, same data; never overwritten silently
-    code, _, err = run(capsys, "data", "generate", "synthetic-traffic", "--out", str(out_file), "--param", "num_nodes=12", "--param", "num_days=2", "--seed", "3")
+    code, _, err = run(
+        capsys,
+        "data",
+        "generate",
+        "synthetic-traffic",
+        "--out",
+        str(out_file),
+        "--param",
+        "num_nodes=12",
+        "--param",
+        "num_days=2",
+        "--seed",
+        "3",
+    )
     assert code == 2 and "--overwrite" in err and len(err.strip().splitlines()) == 1
     again = tmp_path / "again.npz"
-    run(capsys, "data", "generate", "synthetic-traffic", "--out", str(again), "--param", "num_nodes=12", "--param", "num_days=2", "--seed", "3")
+    run(
+        capsys,
+        "data",
+        "generate",
+        "synthetic-traffic",
+        "--out",
+        str(again),
+        "--param",
+        "num_nodes=12",
+        "--param",
+        "num_days=2",
+        "--seed",
+        "3",
+    )
     np.testing.assert_array_equal(load_npz(again).values, data.values)
 
 
@@ -56,8 +99,14 @@ def test_generate_then_describe_roundtrip(capsys, tmp_path):
         (["data", "describe", "/no/such/file.csv"], "not found"),
         (["data", "describe", "NoSuchDataset"], "NoSuchDataset"),
         (["data", "generate", "synthetic-nothing", "--out", "x.npz"], "synthetic-traffic"),
-        (["data", "generate", "synthetic-traffic", "--out", "x.npz", "--param", "nodes"], "key=value"),
-        (["data", "generate", "synthetic-traffic", "--out", "x.npz", "--param", "bogus=1"], "bogus"),
+        (
+            ["data", "generate", "synthetic-traffic", "--out", "x.npz", "--param", "nodes"],
+            "key=value",
+        ),
+        (
+            ["data", "generate", "synthetic-traffic", "--out", "x.npz", "--param", "bogus=1"],
+            "bogus",
+        ),
     ],
 )
 def test_bad_input_is_one_line_exit_2(capsys, tmp_path, monkeypatch, argv, needle):
@@ -82,7 +131,13 @@ def test_usage_error_is_one_line(capsys):
 
 
 def test_every_command_has_help(capsys):
-    for argv in (["--help"], ["data", "--help"], ["data", "describe", "--help"], ["data", "generate", "--help"], ["demo", "--help"]):
+    for argv in (
+        ["--help"],
+        ["data", "--help"],
+        ["data", "describe", "--help"],
+        ["data", "generate", "--help"],
+        ["demo", "--help"],
+    ):
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 0

@@ -8,7 +8,11 @@ from llm_st.data.container import grid_adjacency
 
 def make(T=20, N=4, C=2, **kw):
     rng = np.random.default_rng(0)
-    return STData(rng.normal(size=(T, N, C)), timestamps=pd.date_range("2024-01-01", periods=T, freq="15min"), **kw)
+    return STData(
+        rng.normal(size=(T, N, C)),
+        timestamps=pd.date_range("2024-01-01", periods=T, freq="15min"),
+        **kw,
+    )
 
 
 def test_basic_fields_and_freq():
@@ -77,8 +81,14 @@ def test_grid_roundtrip_and_adjacency():
     [
         ({"adjacency": np.eye(3)}, "adjacency is for 3 nodes but the data have 4"),
         ({"node_ids": ["a", "b"]}, "2 node ids for 4 nodes"),
-        ({"timestamps": pd.DatetimeIndex(["2024-01-02", "2024-01-01", "2024-01-03"])}, "not sorted"),
-        ({"timestamps": pd.DatetimeIndex(["2024-01-01", "2024-01-01", "2024-01-03"])}, "duplicated"),
+        (
+            {"timestamps": pd.DatetimeIndex(["2024-01-02", "2024-01-01", "2024-01-03"])},
+            "not sorted",
+        ),
+        (
+            {"timestamps": pd.DatetimeIndex(["2024-01-01", "2024-01-01", "2024-01-03"])},
+            "duplicated",
+        ),
         ({"coords": np.zeros((3, 2))}, "coords must have shape"),
     ],
 )
@@ -91,7 +101,10 @@ def test_bad_input_errors(kwargs, message):
 def test_node_without_observations_is_an_error():
     v = np.ones((10, 3, 1))
     v[:, 1] = np.nan
-    with pytest.warns(UserWarning), pytest.raises(DataError, match="1 node.*no observations.*drop_empty_nodes"):
+    with (
+        pytest.warns(UserWarning),
+        pytest.raises(DataError, match="1 node.*no observations.*drop_empty_nodes"),
+    ):
         STData(v, node_ids=["a", "b", "c"])
 
 

@@ -9,12 +9,22 @@ def test_demo_quick_table():
     lines: list[str] = []
     rows = run_demo(quick=True, print_fn=lines.append)
     by_name = {r["method"]: r for r in rows}
-    assert {"last_value", "seasonal_naive", "historical_average", "var", "dlinear", "stid", "graph_wavenet"} <= set(by_name)
+    assert {
+        "last_value",
+        "seasonal_naive",
+        "historical_average",
+        "var",
+        "dlinear",
+        "stid",
+        "graph_wavenet",
+    } <= set(by_name)
     adapter = [r for r in rows if r["method"].startswith("gpt4ts[")]
     assert len(adapter) == 4  # pretrained + the three ablations
     assert len({r["method"] for r in adapter}) == 4
     zero_shot = [r for r in rows if r["family"] == "zero-shot LLM"]
-    assert len(zero_shot) == 1 and zero_shot[0]["valid_fraction"] == 1.0  # constrained decoding always parses
+    assert (
+        len(zero_shot) == 1 and zero_shot[0]["valid_fraction"] == 1.0
+    )  # constrained decoding always parses
     assert "not a real forecast" in zero_shot[0]["note"]
     for r in rows:
         for key in ("h3", "h6", "h12", "avg"):

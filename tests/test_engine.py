@@ -48,8 +48,9 @@ def wave_data(num_steps: int = 480, num_nodes: int = 3, seed: int = 0) -> STData
 class LagLinear(STModel):
     """One linear map from each series' history to its horizon, shared by all nodes."""
 
-    def __init__(self, info: DataInfo, dropout: float = 0.0, zero_init: bool = False,
-                 bias: bool = True):
+    def __init__(
+        self, info: DataInfo, dropout: float = 0.0, zero_init: bool = False, bias: bool = True
+    ):
         super().__init__(info)
         self.lin = nn.Linear(info.history, info.horizon, bias=bias)
         self.drop = nn.Dropout(dropout)
@@ -114,11 +115,19 @@ def test_early_stopping_selects_the_best_validation_epoch(tmp_path):
     def snapshot(step: int) -> None:
         snapshots[step] = {k: v.clone() for k, v in model.state_dict().items()}
 
-    cfg = TrainingConfig(epochs=30, lr=5e-3, batch_size=32, scheduler="constant", grad_clip=None,
-                         patience=3)
+    cfg = TrainingConfig(
+        epochs=30, lr=5e-3, batch_size=32, scheduler="constant", grad_clip=None, patience=3
+    )
     run = tmp_path / "run"
-    metrics = fit_and_evaluate(model, task, cfg, build_objective("regression", loss="mse"), run,
-                               horizons=(1,), on_step=snapshot)
+    metrics = fit_and_evaluate(
+        model,
+        task,
+        cfg,
+        build_objective("regression", loss="mse"),
+        run,
+        horizons=(1,),
+        on_step=snapshot,
+    )
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     losses = [r["val_loss"] for r in log]
     best = int(np.argmin(losses))
@@ -149,8 +158,9 @@ def test_gradient_accumulation_matches_a_larger_batch():
     weights = []
     for batch_size, accum in ((16, 1), (8, 2)):
         model = make_model(task)
-        cfg = TrainingConfig(epochs=2, lr=1e-2, batch_size=batch_size, grad_accum=accum,
-                             patience=None)
+        cfg = TrainingConfig(
+            epochs=2, lr=1e-2, batch_size=batch_size, grad_accum=accum, patience=None
+        )
         trainer = Trainer(model, None, task, cfg)
         trainer.fit()
         weights.append(model.lin.weight.detach().clone())
@@ -161,13 +171,13 @@ def test_gradient_accumulation_matches_a_larger_batch():
 # ----------------------------------------------------------------------------- resume
 def test_resume_after_interruption_reproduces_the_uninterrupted_run(tmp_path):
     task = prepare_task(wave_data(num_steps=190), 12, 3, ratios=(0.6, 0.2, 0.2))
-    cfg = TrainingConfig(epochs=4, lr=5e-3, batch_size=8, grad_accum=2, eval_every=5,
-                         patience=None, seed=3)
+    cfg = TrainingConfig(
+        epochs=4, lr=5e-3, batch_size=8, grad_accum=2, eval_every=5, patience=None, seed=3
+    )
     batches = len(process_batches(np.arange(len(task.dataset("train"))), 8))
     assert batches % 2 == 1  # an epoch ends with a partial accumulation group
     # dropout makes the result depend on the restored random state too
-    full = fit_and_evaluate(make_model(task, dropout=0.2), task, cfg,
-                            run_dir=tmp_path / "a")
+    full = fit_and_evaluate(make_model(task, dropout=0.2), task, cfg, run_dir=tmp_path / "a")
 
     def interrupt(step: int) -> None:
         if step == 12:
@@ -182,8 +192,9 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(tmp_path):
     with pytest.raises(ConfigError, match="--resume"):  # never restarted over it silently
         fit_and_evaluate(make_model(task), task, cfg, run_dir=part)
     # a differently initialized model: everything must come from the checkpoint
-    resumed = fit_and_evaluate(make_model(task, seed=99, dropout=0.2), task, cfg, run_dir=part,
-                               resume=True)
+    resumed = fit_and_evaluate(
+        make_model(task, seed=99, dropout=0.2), task, cfg, run_dir=part, resume=True
+    )
     for key in ("test", "val", "val_loss", "best_epoch", "best_step", "steps", "epochs"):
         assert resumed[key] == full[key], key
     a = load_weights(tmp_path / "a" / "model.safetensors")
@@ -274,8 +285,9 @@ def test_last_value_through_the_engine_equals_evaluate(tmp_path):
     task = prepare_task(wave_data(), 12, 3, ratios=(0.6, 0.2, 0.2))
     info = DataInfo.from_data(task.data, 12, 3)
     run = tmp_path / "run"
-    metrics = fit_and_evaluate(LastValue(info), task, TrainingConfig(), run_dir=run,
-                               horizons=(1, 3))
+    metrics = fit_and_evaluate(
+        LastValue(info), task, TrainingConfig(), run_dir=run, horizons=(1, 3)
+    )
     direct = evaluate(LastValue(info), task, horizons=(1, 3))
     assert metrics["test"] == direct["metrics"]
     assert metrics["num_test_windows"] == direct["num_windows"] == len(task.dataset("test"))
@@ -323,8 +335,10 @@ def test_objective_parameters_are_trained_and_saved(tmp_path):
 
 def test_regression_losses_by_hand():
     pred = torch.tensor([[1.0, 2.0, 4.0]])
-    batch = {"y_scaled": torch.tensor([[1.5, 0.0, 1.0]]),
-             "y_mask": torch.tensor([[True, False, True]])}
+    batch = {
+        "y_scaled": torch.tensor([[1.5, 0.0, 1.0]]),
+        "y_mask": torch.tensor([[True, False, True]]),
+    }
     expect = {"mae": (0.5 + 3.0) / 2, "mse": (0.25 + 9.0) / 2, "huber": (0.125 + 2.5) / 2}
     for name, value in expect.items():
         loss = build_objective("regression", loss=name).forecast_loss(pred, batch)

@@ -106,8 +106,16 @@ def fit_backbone(backbone: FrozenBackbone, steps: int, lr: float = 1e-2) -> list
 @pytest.mark.parametrize("family", FAMILIES)
 def test_lora_trains_only_its_weights_and_counts_r_times_in_plus_out(dirs, family):
     torch.manual_seed(0)
-    model = build_model("gpt4ts", INFO, backbone=dirs[family], num_layers=2, patch_len=4,
-                        stride=2, freeze="lora", lora={"r": 4, "alpha": 8, "dropout": 0.0})
+    model = build_model(
+        "gpt4ts",
+        INFO,
+        backbone=dirs[family],
+        num_layers=2,
+        patch_len=4,
+        stride=2,
+        freeze="lora",
+        lora={"r": 4, "alpha": 8, "dropout": 0.0},
+    )
     plain = load_backbone(dirs[family])
     expected = expected_lora_count(plain, AUTO_TARGETS[FAMILIES[family]], r=4)
     assert expected == BY_HAND[family]
@@ -137,14 +145,28 @@ def test_lora_trains_only_its_weights_and_counts_r_times_in_plus_out(dirs, famil
 
 
 @pytest.mark.parametrize("family", ["tiny-gpt2", "tiny-llama"])
-@pytest.mark.parametrize(("adapter", "hparams"), [
-    ("stllm", {"channels": 8}),
-    ("timellm", {"patch_len": 4, "stride": 2, "d_model": 8, "n_heads": 2, "d_ff": 8,
-                 "num_prototypes": 16, "max_prompt_tokens": 24}),
-])
+@pytest.mark.parametrize(
+    ("adapter", "hparams"),
+    [
+        ("stllm", {"channels": 8}),
+        (
+            "timellm",
+            {
+                "patch_len": 4,
+                "stride": 2,
+                "d_model": 8,
+                "n_heads": 2,
+                "d_ff": 8,
+                "num_prototypes": 16,
+                "max_prompt_tokens": 24,
+            },
+        ),
+    ],
+)
 def test_every_adapter_passes_its_lora_settings_to_the_backbone(dirs, adapter, hparams, family):
-    model = build_model(adapter, INFO, backbone=dirs[family], num_layers=2, freeze="qlora",
-                        lora={"r": 2}, **hparams)
+    model = build_model(
+        adapter, INFO, backbone=dirs[family], num_layers=2, freeze="qlora", lora={"r": 2}, **hparams
+    )
     assert model.body.has_lora and model.body.model.peft_config["default"].r == 2
     assert count_parameters(model.body)["trainable"] == BY_HAND[family] // 2  # r = 2, not 4
     batch = {**make_batch(0, batch=2), "x_time": torch.rand(2, INFO.history, 2)}
@@ -158,8 +180,7 @@ def test_every_adapter_passes_its_lora_settings_to_the_backbone(dirs, adapter, h
 # ---------------------------------------------------------------- merging
 @pytest.mark.parametrize("family", ["tiny-gpt2", "tiny-llama"])
 def test_merged_lora_equals_unmerged_after_training(dirs, family):
-    backbone = load_backbone(dirs[family], freeze="lora", lora={"r": 4, "alpha": 8,
-                                                               "dropout": 0.0})
+    backbone = load_backbone(dirs[family], freeze="lora", lora={"r": 4, "alpha": 8, "dropout": 0.0})
     plain = load_backbone(dirs[family])
     losses = fit_backbone(backbone, steps=4)
     assert losses[-1] < losses[0]
@@ -182,8 +203,9 @@ def test_merged_lora_equals_unmerged_after_training(dirs, family):
     assert merge_lora(backbone) is backbone
     assert not backbone.has_lora and not lora_names(backbone) and backbone.policy == "frozen"
     assert trainable(backbone) == set()
-    torch.testing.assert_close(backbone.hf_model.get_submodule(first).weight, expected,
-                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        backbone.hf_model.get_submodule(first).weight, expected, rtol=0, atol=1e-6
+    )
     with torch.no_grad():
         merged = backbone(x, mask)
     torch.testing.assert_close(merged, unmerged, rtol=0, atol=1e-5)
@@ -208,7 +230,10 @@ def test_qlora_tiny_llama_is_nf4_double_quantized_and_trains_only_lora(dirs):
     assert backbone.policy == "qlora"
     assert count_parameters(backbone)["trainable"] == BY_HAND["tiny-llama"]
     # reported totals count the weights a 4-bit layer stands for, not its packed bytes
-    assert count_parameters(backbone)["total"] == count_parameters(full)["total"] + BY_HAND["tiny-llama"]
+    assert (
+        count_parameters(backbone)["total"]
+        == count_parameters(full)["total"] + BY_HAND["tiny-llama"]
+    )
 
     # forward and backward: gradients on the LoRA weights only
     x = torch.randn(2, 5, 64, generator=torch.Generator().manual_seed(0))
@@ -216,8 +241,11 @@ def test_qlora_tiny_llama_is_nf4_double_quantized_and_trains_only_lora(dirs):
     backbone(x).square().mean().backward()
     with_grad = {n for n, p in backbone.named_parameters() if p.grad is not None}
     assert with_grad == lora_names(backbone)
-    assert all(p.grad.abs().sum() > 0 for n, p in backbone.named_parameters()
-               if n.endswith("lora_B.default.weight"))  # A's gradient is 0 while B = 0
+    assert all(
+        p.grad.abs().sum() > 0
+        for n, p in backbone.named_parameters()
+        if n.endswith("lora_B.default.weight")
+    )  # A's gradient is 0 while B = 0
 
     # memory: 4 bits per weight packed, plus scales and code tables
     targets = lora_targets(full.hf_model, LoraSettings())
@@ -225,10 +253,13 @@ def test_qlora_tiny_llama_is_nf4_double_quantized_and_trains_only_lora(dirs):
     packed = sum(m.weight.numel() * m.weight.element_size() for m in quantized.values())
     assert packed == weights // 2
     ratio = sum(weight_memory(m)["bytes"] for m in quantized.values()) / sum(
-        weight_memory(m)["bytes"] for m in targets.values())
+        weight_memory(m)["bytes"] for m in targets.values()
+    )
     assert ratio < 0.2  # measured 0.181 for 64-wide layers (code tables weigh; 7B: ~0.13)
-    assert weight_memory(backbone)["parameters"] == weight_memory(full)["parameters"] + (
-        BY_HAND["tiny-llama"])  # the same weights, counted unpacked, plus LoRA's
+    assert (
+        weight_memory(backbone)["parameters"]
+        == weight_memory(full)["parameters"] + (BY_HAND["tiny-llama"])
+    )  # the same weights, counted unpacked, plus LoRA's
     assert weight_memory(backbone)["bytes"] < 0.6 * weight_memory(full)["bytes"]  # 0.56
 
     # the frozen 4-bit weights never change while the loss falls
@@ -244,8 +275,9 @@ def test_qlora_equals_lora_on_the_dequantized_weights_even_after_evaluation(dirs
     twin = load_backbone(dirs["tiny-llama"], freeze="lora", lora=settings)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for (name, q), (_, p) in zip(qlora.named_parameters(), twin.named_parameters(),
-                                        strict=True):
+        for (name, q), (_, p) in zip(
+            qlora.named_parameters(), twin.named_parameters(), strict=True
+        ):
             if isinstance(q, bnb.nn.Params4bit):
                 p.copy_(bnb.functional.dequantize_4bit(q.data, q.quant_state))
             elif is_lora_parameter(name):  # the same A (random) and B (0.1 N(0, 1), not 0,
@@ -274,8 +306,9 @@ def test_qlora_equals_lora_on_the_dequantized_weights_even_after_evaluation(dirs
 def test_gradient_checkpointing_recomputes_to_the_same_gradients(dirs):
     settings = {"r": 4, "dropout": 0.0}
     plain = load_backbone(dirs["tiny-llama"], freeze="qlora", lora=settings)
-    checkpointed = load_backbone(dirs["tiny-llama"], freeze="qlora",
-                                 lora={**settings, "gradient_checkpointing": True})
+    checkpointed = load_backbone(
+        dirs["tiny-llama"], freeze="qlora", lora={**settings, "gradient_checkpointing": True}
+    )
     assert checkpointed.hf_model.is_activation_checkpointing
     assert not plain.hf_model.is_activation_checkpointing
     g = torch.Generator().manual_seed(0)
@@ -328,8 +361,7 @@ def test_gpt2_conv1d_gets_fan_in_fan_out_only_in_full_precision(dirs):
     assert qlora.model.peft_config["default"].fan_in_fan_out is False
     layers = [m for m in qlora.modules() if hasattr(m, "lora_A")]
     assert len(layers) == 6
-    assert all(not m.fan_in_fan_out and isinstance(m.base_layer, bnb.nn.Linear4bit)
-               for m in layers)
+    assert all(not m.fan_in_fan_out and isinstance(m.base_layer, bnb.nn.Linear4bit) for m in layers)
     with torch.no_grad():
         out = qlora(x, mask)
         with qlora.model.disable_adapter():
@@ -377,21 +409,39 @@ def test_adapter_weights_round_trip_exactly_as_safetensors(dirs, policy, tmp_pat
 
 
 def test_adapter_of_a_forecaster_saves_its_one_backbone(dirs, tmp_path):
-    model = build_model("gpt4ts", INFO, backbone=dirs["tiny-gpt2"], num_layers=2, patch_len=4,
-                        stride=2, freeze="lora", lora={"r": 2})
+    model = build_model(
+        "gpt4ts",
+        INFO,
+        backbone=dirs["tiny-gpt2"],
+        num_layers=2,
+        patch_len=4,
+        stride=2,
+        freeze="lora",
+        lora={"r": 2},
+    )
     save_lora(model, tmp_path)
     assert len(load_file(str(tmp_path / ADAPTER_WEIGHTS))) == 12  # A, B of 6 layers
     with pytest.raises(ConfigError, match="0 LoRA backbones"):
-        save_lora(build_model("gpt4ts", INFO, backbone=dirs["tiny-gpt2"], num_layers=2,
-                              patch_len=4, stride=2), tmp_path / "none")
+        save_lora(
+            build_model(
+                "gpt4ts", INFO, backbone=dirs["tiny-gpt2"], num_layers=2, patch_len=4, stride=2
+            ),
+            tmp_path / "none",
+        )
 
 
 # ---------------------------------------------------------------- settings and targets
-@pytest.mark.parametrize(("family", "targets", "count"), [
-    ("tiny-gpt2", "auto", 6), ("tiny-gpt2", "all-linear", 8), ("tiny-gpt2", ["attn.c_proj"], 2),
-    ("tiny-llama", "auto", 14), ("tiny-llama", "q_proj,v_proj", 4),
-    ("tiny-bert", "auto", 12),  # 6 per block; the pooler's dense is not in a block
-])
+@pytest.mark.parametrize(
+    ("family", "targets", "count"),
+    [
+        ("tiny-gpt2", "auto", 6),
+        ("tiny-gpt2", "all-linear", 8),
+        ("tiny-gpt2", ["attn.c_proj"], 2),
+        ("tiny-llama", "auto", 14),
+        ("tiny-llama", "q_proj,v_proj", 4),
+        ("tiny-bert", "auto", 12),  # 6 per block; the pooler's dense is not in a block
+    ],
+)
 def test_targets_are_linear_layers_of_the_blocks(dirs, family, targets, count):
     model = load_backbone(dirs[family]).hf_model
     found = lora_targets(model, LoraSettings(target_modules=targets))
@@ -400,19 +450,22 @@ def test_targets_are_linear_layers_of_the_blocks(dirs, family, targets, count):
     assert not any("pooler" in path or "wte" in path for path in found)
 
 
-@pytest.mark.parametrize(("policy", "params", "match"), [
-    ("lora", {"r": 0}, "lora.r=0"),
-    ("lora", {"r": 2.5}, "lora.r=2.5"),
-    ("lora", {"alpha": -1}, "alpha=-1"),
-    ("lora", {"dropout": 1.0}, "outside"),
-    ("lora", {"rank": 8}, "unknown lora settings"),
-    ("lora", {"quantize": "4bit"}, "freeze='lora' with lora.quantize='4bit'"),
-    ("qlora", {"quantize": "none"}, "freeze='qlora' with lora.quantize='none'"),
-    ("qlora", {"quantize": "3bit"}, "unknown lora.quantize"),
-    ("qlora", {"quantize": "8bit", "compute_dtype": "bfloat16"}, "applies to 4-bit"),
-    ("lora", {"target_modules": []}, "target_modules"),
-    ("layernorm", {}, "does not use LoRA"),
-])
+@pytest.mark.parametrize(
+    ("policy", "params", "match"),
+    [
+        ("lora", {"r": 0}, "lora.r=0"),
+        ("lora", {"r": 2.5}, "lora.r=2.5"),
+        ("lora", {"alpha": -1}, "alpha=-1"),
+        ("lora", {"dropout": 1.0}, "outside"),
+        ("lora", {"rank": 8}, "unknown lora settings"),
+        ("lora", {"quantize": "4bit"}, "freeze='lora' with lora.quantize='4bit'"),
+        ("qlora", {"quantize": "none"}, "freeze='qlora' with lora.quantize='none'"),
+        ("qlora", {"quantize": "3bit"}, "unknown lora.quantize"),
+        ("qlora", {"quantize": "8bit", "compute_dtype": "bfloat16"}, "applies to 4-bit"),
+        ("lora", {"target_modules": []}, "target_modules"),
+        ("layernorm", {}, "does not use LoRA"),
+    ],
+)
 def test_contradictory_settings_are_refused(policy, params, match):
     with pytest.raises(ConfigError, match=match):
         lora_settings(policy, params)
@@ -442,16 +495,29 @@ def test_unknown_target_names_and_ignored_settings(dirs):
 # ---------------------------------------------------------------- the recipe and the engine
 def test_qlora_recipe_trains_through_the_engine(tiny_cache, tmp_path, monkeypatch):
     monkeypatch.setenv("LLM_ST_CACHE", str(tiny_cache.parent))
-    recipe_path = Path(__file__).resolve().parents[1] / "alignment" / "gpt4ts" / \
-        "synthetic-traffic" / "config_qlora.yaml"
-    recipe = load_recipe(recipe_path, [
-        "data.spec=synthetic-traffic:num_nodes=4,num_days=3,seed=1", "training.max_steps=3",
-        "training.batch_size=8", "training.eval_batch_size=256", "training.device=cpu"])
+    recipe_path = (
+        Path(__file__).resolve().parents[1]
+        / "alignment"
+        / "gpt4ts"
+        / "synthetic-traffic"
+        / "config_qlora.yaml"
+    )
+    recipe = load_recipe(
+        recipe_path,
+        [
+            "data.spec=synthetic-traffic:num_nodes=4,num_days=3,seed=1",
+            "training.max_steps=3",
+            "training.batch_size=8",
+            "training.eval_batch_size=256",
+            "training.device=cpu",
+        ],
+    )
     metrics = train(recipe, tmp_path / "run")
     assert metrics["steps"] == 3 and math.isfinite(metrics["test"]["avg"]["mae"])
     # patch embedding Linear(4, 64) + head Linear(6 * 64, 12) + LoRA r = 8 on tiny-llama
-    assert metrics["params"]["trainable"] == 4 * 64 + 64 + 6 * 64 * 12 + 12 + 2 * BY_HAND[
-        "tiny-llama"]
+    assert (
+        metrics["params"]["trainable"] == 4 * 64 + 64 + 6 * 64 * 12 + 12 + 2 * BY_HAND["tiny-llama"]
+    )
     saved = load_weights(tmp_path / "run" / "model.safetensors")
     packed = saved["body.model.base_model.model.layers.0.self_attn.q_proj.base_layer.weight"]
     assert packed.dtype == torch.uint8 and packed.numel() == 64 * 64 // 2

@@ -29,8 +29,9 @@ from llm_st.models.registry import build_model, list_models
 
 REPO = Path(__file__).resolve().parents[1]
 HORIZONS = (1, 3)
-CONFIG = TrainingConfig(epochs=2, lr=1e-2, batch_size=8, eval_batch_size=16, patience=None,
-                        device="cpu", seed=5)
+CONFIG = TrainingConfig(
+    epochs=2, lr=1e-2, batch_size=8, eval_batch_size=16, patience=None, device="cpu", seed=5
+)
 
 
 def make_task():
@@ -48,23 +49,34 @@ def worker(out: Path) -> None:
     acc.wait_for_everyone()
     task = make_task()
     model = make_model(task, seed=acc.process_index)  # different starts; DDP syncs them
-    metrics = fit_and_evaluate(model, task, CONFIG, run_dir=run, horizons=HORIZONS,
-                               accelerator=acc)
+    metrics = fit_and_evaluate(model, task, CONFIG, run_dir=run, horizons=HORIZONS, accelerator=acc)
     rank = acc.process_index
     save_weights(model.state_dict(), out / f"rank{rank}.safetensors")
-    (out / f"rank{rank}.json").write_text(json.dumps({
-        "distributed_type": str(acc.distributed_type),
-        "num_processes": acc.num_processes,
-        "metrics": metrics,
-        "test_windows": len(task.dataset("test")),
-    }))
+    (out / f"rank{rank}.json").write_text(
+        json.dumps(
+            {
+                "distributed_type": str(acc.distributed_type),
+                "num_processes": acc.num_processes,
+                "metrics": metrics,
+                "test_windows": len(task.dataset("test")),
+            }
+        )
+    )
 
 
 @pytest.mark.multiprocess
 def test_two_cpu_processes_train_in_sync_and_score_every_window_once(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", __file__, str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        __file__,
+        str(tmp_path),
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
@@ -99,16 +111,35 @@ def test_two_cpu_processes_train_in_sync_and_score_every_window_once(tmp_path):
 @pytest.mark.skipif("dlinear" not in list_models(), reason="needs the dlinear model")
 def test_train_script_under_torchrun(tmp_path):
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "data": {"spec": "synthetic-traffic:num_nodes=6,num_days=3", "history": 12,
-                 "horizon": 6, "horizons": [3, 6]},
-        "model": {"name": "dlinear", "params": {"kernel_size": 5}},
-        "training": {"epochs": 2, "lr": 1e-2, "patience": None},
-    }))
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "data": {
+                    "spec": "synthetic-traffic:num_nodes=6,num_days=3",
+                    "history": 12,
+                    "horizon": 6,
+                    "horizons": [3, 6],
+                },
+                "model": {"name": "dlinear", "params": {"kernel_size": 5}},
+                "training": {"epochs": 2, "lr": 1e-2, "patience": None},
+            }
+        )
+    )
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", str(REPO / "scripts" / "train.py"), "--recipe", str(recipe), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(REPO / "scripts" / "train.py"),
+        "--recipe",
+        str(recipe),
+        "--out",
+        str(out),
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())

@@ -18,7 +18,9 @@ def periodic(days=21, per_day=24, N=3, weekly=False):
     if weekly:
         base = base + (t // per_day % 7 >= 5) * 2.0  # weekends differ
     values = base[:, None, None] * (1 + np.arange(N))[None, :, None] + 10
-    return STData(values, timestamps=pd.date_range("2024-01-01", periods=T, freq=f"{24 // per_day}h"))
+    return STData(
+        values, timestamps=pd.date_range("2024-01-01", periods=T, freq=f"{24 // per_day}h")
+    )
 
 
 def predict(name, data, history, horizon, **hp):

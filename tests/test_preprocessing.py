@@ -61,7 +61,9 @@ def test_per_node_scaler_stats():
     x = np.stack([np.arange(10.0), np.arange(10.0) * 3], axis=1)[:, :, None]
     s = make_scaler("standard", "node").fit(x)
     np.testing.assert_allclose(s.shift.ravel(), [4.5, 13.5])
-    np.testing.assert_allclose(s.scale.ravel(), [np.std(np.arange(10.0)), 3 * np.std(np.arange(10.0))], rtol=1e-6)
+    np.testing.assert_allclose(
+        s.scale.ravel(), [np.std(np.arange(10.0)), 3 * np.std(np.arange(10.0))], rtol=1e-6
+    )
 
 
 def test_scaler_blocks_match_one_shot():

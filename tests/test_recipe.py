@@ -46,8 +46,10 @@ def with_change(section: str, **values) -> dict:
 def test_yaml_recipe_loads_with_types_and_defaults(tmp_path):
     path = tmp_path / "r.yaml"
     # YAML 1.1 reads 1e-4 (no dot) as a string; the recipe still gets the float
-    path.write_text("data:\n  spec: synthetic-traffic\nmodel:\n  name: var\n"
-                    "training:\n  lr: 1e-4\n  grad_clip: null\n")
+    path.write_text(
+        "data:\n  spec: synthetic-traffic\nmodel:\n  name: var\n"
+        "training:\n  lr: 1e-4\n  grad_clip: null\n"
+    )
     recipe = load_recipe(path)
     assert recipe.training.lr == 1e-4 and isinstance(recipe.training.lr, float)
     assert recipe.training.grad_clip is None
@@ -65,8 +67,11 @@ def test_yaml_recipe_loads_with_types_and_defaults(tmp_path):
         ({**BASE, "trainig": {}}, "'trainig'", "top level"),
         (with_change("training", lrr=0.1), "'lrr'", "section 'training'"),
         (with_change("data", histroy=3), "'histroy'", "section 'data'"),
-        (with_change("objective", pretrain={"name": "regression", "epoch": 2}), "'epoch'",
-         "section 'objective.pretrain'"),
+        (
+            with_change("objective", pretrain={"name": "regression", "epoch": 2}),
+            "'epoch'",
+            "section 'objective.pretrain'",
+        ),
     ],
 )
 def test_unknown_keys_are_named_with_their_section_and_the_valid_keys(raw, key, where):
@@ -98,8 +103,11 @@ def test_unknown_key_message_suggests_the_close_match():
         ("training", {"grad_clip": True}, "grad_clip=True is not a number"),
         ("training", {"device": "tpu"}, "device='tpu'"),
         ("objective", {"pretrain": {"name": "regression"}}, "pretrain.epochs=None"),
-        ("objective", {"pretrain": {"name": "regression", "epochs": 2}, "epochs": 4},
-         "objective.epochs=4"),
+        (
+            "objective",
+            {"pretrain": {"name": "regression", "epochs": 2}, "epochs": 4},
+            "objective.epochs=4",
+        ),
         ("model", {"params": [1, 2]}, "model.params=.* is not a mapping"),
     ],
 )
@@ -117,17 +125,20 @@ def test_missing_required_keys():
 
 def test_overrides_are_parsed_as_yaml_and_checked_against_the_sections(tmp_path):
     path = write(tmp_path, BASE)
-    recipe = load_recipe(path, [
-        "training.lr=3e-4",
-        "training.patience=null",
-        "training.mixed_precision=bf16",
-        "data.ratios=[0.6, 0.2, 0.2]",
-        "model.params.order=5",
-        "model.params.ridge=0.5",
-        "objective.pretrain.name=regression",
-        "objective.pretrain.epochs=2",
-        "name=renamed",
-    ])
+    recipe = load_recipe(
+        path,
+        [
+            "training.lr=3e-4",
+            "training.patience=null",
+            "training.mixed_precision=bf16",
+            "data.ratios=[0.6, 0.2, 0.2]",
+            "model.params.order=5",
+            "model.params.ridge=0.5",
+            "objective.pretrain.name=regression",
+            "objective.pretrain.epochs=2",
+            "name=renamed",
+        ],
+    )
     assert recipe.training.lr == 3e-4 and recipe.training.patience is None
     assert recipe.training.mixed_precision == "bf16"
     assert recipe.data.ratios == [0.6, 0.2, 0.2]

@@ -20,10 +20,20 @@ from llm_st.models.registry import get_model_class
 ALIGNMENT = Path(__file__).resolve().parents[1] / "alignment"
 # the layout of alignment/README.md: <model>/<dataset>/config.yaml and config_<variant>.yaml
 # (accelerate_configs/ and benchmark specs such as benchmarks/*.yaml are not recipes)
-RECIPES = sorted(p for p in ALIGNMENT.glob("*/*/config*.yaml")
-                 if p.parts[-3] != "accelerate_configs")
-BASELINES = ("last_value", "seasonal_naive", "historical_average", "var", "dlinear", "patchtst",
-             "stid", "graph_wavenet", "stgcn")
+RECIPES = sorted(
+    p for p in ALIGNMENT.glob("*/*/config*.yaml") if p.parts[-3] != "accelerate_configs"
+)
+BASELINES = (
+    "last_value",
+    "seasonal_naive",
+    "historical_average",
+    "var",
+    "dlinear",
+    "patchtst",
+    "stid",
+    "graph_wavenet",
+    "stgcn",
+)
 STANDARD = [p for p in RECIPES if p.parts[-3] in BASELINES]
 KNOWN = {name.lower() for name in list_datasets()} | set(SYNTHETIC_NAMES)
 ETT = {"etth1", "etth2"}
@@ -36,8 +46,11 @@ def recipe_id(path: Path) -> str:
 
 def test_standard_recipes_are_all_there():
     expected = {f"{m}/{d}/config.yaml" for m in ("dlinear", "patchtst") for d in ("ETTh1", "ETTh2")}
-    expected |= {f"{m}/{d}/config.yaml" for m in BASELINES
-                 for d in ("LosLoop", "SZ-taxi", "synthetic-traffic")}
+    expected |= {
+        f"{m}/{d}/config.yaml"
+        for m in BASELINES
+        for d in ("LosLoop", "SZ-taxi", "synthetic-traffic")
+    }
     assert expected <= {recipe_id(p) for p in RECIPES}
 
 
@@ -75,8 +88,11 @@ def test_synthetic_dlinear_recipe_beats_copy_last_on_the_same_windows(tmp_path):
     # the rush hours to move the speeds) keeps this to seconds; two epochs at batch 8 let
     # the recipe's DLinear converge. Over data seeds 0-4 its average MAE was 0.83-0.89
     # times copy-last's, at step 12 0.73-0.83 times.
-    small = ["data.spec=synthetic-traffic:num_nodes=12,num_days=14,interval_minutes=15,seed=0",
-             "training.epochs=2", "training.batch_size=8"]
+    small = [
+        "data.spec=synthetic-traffic:num_nodes=12,num_days=14,interval_minutes=15,seed=0",
+        "training.epochs=2",
+        "training.batch_size=8",
+    ]
     runs = {}
     for model in ("dlinear", "last_value", "seasonal_naive"):
         recipe = load_recipe(ALIGNMENT / model / "synthetic-traffic" / "config.yaml", small)
@@ -91,8 +107,9 @@ def test_synthetic_dlinear_recipe_beats_copy_last_on_the_same_windows(tmp_path):
 
 
 def test_ett_recipe_windows_and_scaler_match_the_reference_loader(shared_data):
-    recipe = load_recipe(ALIGNMENT / "dlinear" / "ETTh1" / "config.yaml",
-                         [f"data.data_dir={shared_data}"])
+    recipe = load_recipe(
+        ALIGNMENT / "dlinear" / "ETTh1" / "config.yaml", [f"data.data_dir={shared_data}"]
+    )
     task = build_task(recipe.data)
     # LTSF-Linear / PatchTST Dataset_ETT_hour: borders 8640 / 2880 / 2880 rows, windows of
     # 336 + 96 rows, val and test histories reaching back into the previous part

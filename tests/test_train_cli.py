@@ -17,10 +17,29 @@ from llm_st.models.base import DataInfo
 from llm_st.models.registry import build_model, list_models
 
 DATA = "synthetic-traffic:num_nodes=6,num_days=3"
-METRIC_KEYS = {"test", "val", "val_loss", "num_test_windows", "metric_scale", "best_epoch",
-               "best_step", "selected_on", "params", "train_time_s", "samples_per_s",
-               "peak_rss_mb", "peak_cuda_mb", "world_size", "mixed_precision", "model",
-               "objective", "learned", "name", "run_dir", "total_time_s"}
+METRIC_KEYS = {
+    "test",
+    "val",
+    "val_loss",
+    "num_test_windows",
+    "metric_scale",
+    "best_epoch",
+    "best_step",
+    "selected_on",
+    "params",
+    "train_time_s",
+    "samples_per_s",
+    "peak_rss_mb",
+    "peak_cuda_mb",
+    "world_size",
+    "mixed_precision",
+    "model",
+    "objective",
+    "learned",
+    "name",
+    "run_dir",
+    "total_time_s",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -52,8 +71,12 @@ def reload_and_evaluate(out: Path) -> tuple[dict, dict]:
     model = build_model(recipe.model.name, info, **recipe.model.params)
     model.load_state_dict(load_weights(out / "model.safetensors"))
     assert json.loads((out / "scaler.json").read_text()) == task.scaler.to_dict()
-    direct = evaluate(model, task, batch_size=recipe.training.eval_batch_size,
-                      horizons=tuple(recipe.data.horizons))
+    direct = evaluate(
+        model,
+        task,
+        batch_size=recipe.training.eval_batch_size,
+        horizons=tuple(recipe.data.horizons),
+    )
     assert count_parameters(model) == {k: metrics["params"][k] for k in ("trainable", "total")}
     return metrics, direct
 
@@ -61,11 +84,19 @@ def reload_and_evaluate(out: Path) -> tuple[dict, dict]:
 def test_train_fits_a_baseline_and_refuses_to_overwrite(tmp_path, capsys):
     recipe = recipe_file(tmp_path, "var", {"order": 2})
     out = tmp_path / "run"
-    assert main(["train", "--recipe", str(recipe), "--out", str(out),
-                 "--set", "model.params.ridge=0.1"]) == 0
+    assert (
+        main(
+            ["train", "--recipe", str(recipe), "--out", str(out), "--set", "model.params.ridge=0.1"]
+        )
+        == 0
+    )
     assert "var: test MAE" in capsys.readouterr().out
-    assert {p.name for p in out.iterdir()} == {"recipe.yaml", "scaler.json", "model.safetensors",
-                                              "metrics.json"}
+    assert {p.name for p in out.iterdir()} == {
+        "recipe.yaml",
+        "scaler.json",
+        "model.safetensors",
+        "metrics.json",
+    }
     metrics, direct = reload_and_evaluate(out)
     assert METRIC_KEYS <= set(metrics)
     assert set(metrics["test"]) == {"h3", "h6", "avg"}
@@ -77,30 +108,73 @@ def test_train_fits_a_baseline_and_refuses_to_overwrite(tmp_path, capsys):
     assert main(["train", "--recipe", str(recipe), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--overwrite" in err and "--resume" in err
-    assert main(["train", "--recipe", str(recipe), "--out", str(out), "--overwrite",
-                 "--set", "model.params.ridge=0.1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--recipe",
+                str(recipe),
+                "--out",
+                str(out),
+                "--overwrite",
+                "--set",
+                "model.params.ridge=0.1",
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "metrics.json").read_text())["test"] == metrics["test"]
 
 
 def test_train_bad_input_gives_one_line_and_status_2(tmp_path, capsys):
-    assert main(["train", "--recipe", str(tmp_path / "missing.yaml"), "--out",
-                 str(tmp_path / "o")]) == 2
+    assert (
+        main(["train", "--recipe", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "o")])
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing.yaml" in err and "does not exist" in err
     recipe = recipe_file(tmp_path, "var", {})
-    assert main(["train", "--recipe", str(recipe), "--out", str(tmp_path / "o"),
-                 "--set", "training.lr=fast"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--recipe",
+                str(recipe),
+                "--out",
+                str(tmp_path / "o"),
+                "--set",
+                "training.lr=fast",
+            ]
+        )
+        == 2
+    )
     assert "training.lr='fast'" in capsys.readouterr().err
-    assert main(["train", "--recipe", str(recipe), "--out", str(tmp_path / "o"),
-                 "--set", "model.params.lags=3"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--recipe",
+                str(recipe),
+                "--out",
+                str(tmp_path / "o"),
+                "--set",
+                "model.params.lags=3",
+            ]
+        )
+        == 2
+    )
     assert "lags" in capsys.readouterr().err
     assert not (tmp_path / "o" / "metrics.json").exists()
 
 
 @pytest.mark.skipif("dlinear" not in list_models(), reason="needs the dlinear model")
 def test_train_a_learned_model_with_pretraining_then_resume_a_finished_run(tmp_path, capsys):
-    recipe = recipe_file(tmp_path, "dlinear", {"kernel_size": 5},
-                         {"epochs": 2, "lr": 1e-2, "batch_size": 64, "patience": None})
+    recipe = recipe_file(
+        tmp_path,
+        "dlinear",
+        {"kernel_size": 5},
+        {"epochs": 2, "lr": 1e-2, "batch_size": 64, "patience": None},
+    )
     out = tmp_path / "run"
     pretrain = "objective.pretrain={name: regression, params: {loss: mse}, epochs: 1}"
     args = ["train", "--recipe", str(recipe), "--out", str(out), "--set", pretrain]

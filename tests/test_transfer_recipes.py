@@ -38,17 +38,31 @@ ADAPTERS = ("gpt4ts", "timellm", "stllm")
 RECIPES = sorted(p for m in (*ADAPTERS, "visionts") for p in (ALIGNMENT / m).glob("*/config.yaml"))
 # what the data registry gives DataInfo for each recipe folder (no data files are read)
 INFO = {
-    "ETTh1": DataInfo(num_nodes=7, num_channels=1, history=336, horizon=96, steps_per_day=24,
-                      name="ETTh1"),
-    "synthetic-traffic": DataInfo(num_nodes=64, num_channels=1, history=12, horizon=12,
-                                  steps_per_day=288, name="synthetic-traffic"),
+    "ETTh1": DataInfo(
+        num_nodes=7, num_channels=1, history=336, horizon=96, steps_per_day=24, name="ETTh1"
+    ),
+    "synthetic-traffic": DataInfo(
+        num_nodes=64,
+        num_channels=1,
+        history=12,
+        horizon=12,
+        steps_per_day=288,
+        name="synthetic-traffic",
+    ),
 }
 TINY = {  # tiny backbones and the sizes that fit them (width 64)
     "gpt4ts": ["model.params.backbone=tiny-gpt2", "model.params.num_layers=2"],
-    "timellm": ["model.params.backbone=tiny-gpt2", "model.params.num_layers=2",
-                "model.params.d_ff=16", "model.params.num_prototypes=32"],
-    "stllm": ["model.params.backbone=tiny-gpt2", "model.params.num_layers=2",
-              "model.params.channels=16"],
+    "timellm": [
+        "model.params.backbone=tiny-gpt2",
+        "model.params.num_layers=2",
+        "model.params.d_ff=16",
+        "model.params.num_prototypes=32",
+    ],
+    "stllm": [
+        "model.params.backbone=tiny-gpt2",
+        "model.params.num_layers=2",
+        "model.params.channels=16",
+    ],
     "visionts": ["model.params.backbone=tiny-vit-mae"],
 }
 # patch tokens the recipes' comments promise: (L - patch_len) / stride + 1, plus one from
@@ -63,15 +77,23 @@ def recipe_id(path: Path) -> str:
 def random_batch(info: DataInfo, batch: int = 2) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     L, N, C = info.history, info.num_nodes, info.num_channels
-    times = torch.stack([torch.rand(batch, L, generator=g),
-                         torch.randint(0, 7, (batch, L), generator=g).float()], dim=-1)
-    return {"x": torch.randn(batch, L, N, C, generator=g), "x_mask": torch.ones(batch, L, N, C),
-            "x_time": times}
+    times = torch.stack(
+        [torch.rand(batch, L, generator=g), torch.randint(0, 7, (batch, L), generator=g).float()],
+        dim=-1,
+    )
+    return {
+        "x": torch.randn(batch, L, N, C, generator=g),
+        "x_mask": torch.ones(batch, L, N, C),
+        "x_time": times,
+    }
 
 
 def test_every_adapter_has_its_recipes():
-    expected = {f"{m}/{d}/config.yaml" for m in ("gpt4ts", "timellm", "stllm", "visionts")
-                for d in ("ETTh1", "synthetic-traffic")}
+    expected = {
+        f"{m}/{d}/config.yaml"
+        for m in ("gpt4ts", "timellm", "stllm", "visionts")
+        for d in ("ETTh1", "synthetic-traffic")
+    }
     assert {recipe_id(p) for p in RECIPES} == expected
 
 
@@ -108,8 +130,10 @@ def test_timellm_etth1_prompt_carries_the_reference_description():
     series = torch.linspace(-1.0, 2.0, 336)[None]
     (text,) = model.prompt_texts(series, None)
     first, second, last = text.split("\n")
-    assert first == ("Dataset description: The Electricity Transformer Temperature (ETT) is a "
-                     "crucial indicator in the electric power long-term deployment.")
+    assert first == (
+        "Dataset description: The Electricity Transformer Temperature (ETT) is a "
+        "crucial indicator in the electric power long-term deployment."
+    )
     assert "forecast the next 96 steps given the previous 336 steps" in second
     assert "min value -1.000, max value 2.000" in second and "trend of input is upward" in second
     assert last == "Values:"
@@ -131,8 +155,9 @@ def test_benchmark_plan_names_existing_recipes_and_valid_overrides():
         for model in dataset.adapters + dataset.baselines:
             path = ALIGNMENT / model / dataset.name / "config.yaml"
             extra = [f"data.spec={dataset.spec}"] if dataset.spec else []
-            recipe = load_recipe(path, [*extra, *dataset.budget.overrides(model),
-                                        *dataset.overrides.get(model, [])])
+            recipe = load_recipe(
+                path, [*extra, *dataset.budget.overrides(model), *dataset.overrides.get(model, [])]
+            )
             assert recipe.training.max_steps == recipe.training.eval_every
             assert recipe.training.max_steps == dataset.budget.max_steps
             assert recipe.training.patience is None
@@ -148,8 +173,13 @@ def test_benchmark_plan_names_existing_recipes_and_valid_overrides():
 def test_budget_overrides_and_contradictions():
     budget = Budget(max_steps=30, batch_size=8, stride=4, num_layers=2, lr=1e-3)
     assert budget.overrides("dlinear") == [
-        "data.stride=4", "training.batch_size=8", "training.max_steps=30",
-        "training.eval_every=30", "training.patience=null", "training.lr=0.001"]
+        "data.stride=4",
+        "training.batch_size=8",
+        "training.max_steps=30",
+        "training.eval_every=30",
+        "training.patience=null",
+        "training.lr=0.001",
+    ]
     assert budget.overrides("gpt4ts")[-1] == "model.params.num_layers=2"
     assert budget.overrides("stid") == budget.overrides("dlinear")  # its num_layers is no backbone
     epochs = Budget(max_steps=None, epochs=3, batch_size=8)
@@ -166,8 +196,11 @@ def test_eval_stride_scores_every_kth_window_of_the_same_split():
     task = prepare_task(data, 12, 12, stride=5)
     strided = with_eval_stride(task, val_stride=3, test_stride=7)
     for part, k in (("train", 5), ("val", 3), ("test", 7)):
-        full = task.index(part).starts if part != "train" else prepare_task(
-            data, 12, 12).index("train").starts
+        full = (
+            task.index(part).starts
+            if part != "train"
+            else prepare_task(data, 12, 12).index("train").starts
+        )
         np.testing.assert_array_equal(strided.index(part).starts, full[::k])
     assert strided.scaler is task.scaler and strided.split == task.split
     assert with_eval_stride(task) is task
@@ -175,20 +208,26 @@ def test_eval_stride_scores_every_kth_window_of_the_same_split():
 
 def test_verdicts_compare_each_ablation_with_the_pretrained_run():
     def row(mode: str, mse: float) -> dict:
-        return {"model": "gpt4ts", "mode": mode, "metric_scale": "normalized",
-                "test": {"avg": {"mse": mse, "mae": 1.0}}}
+        return {
+            "model": "gpt4ts",
+            "mode": mode,
+            "metric_scale": "normalized",
+            "test": {"avg": {"mse": mse, "mae": 1.0}},
+        }
 
     rows = [row("pretrained", 0.5), row("random_init", 0.55), row("none", 0.45)]
     assert ablation_verdicts(rows) == [
-        "gpt4ts: test MSE vs pretrained: random_init +10.0%, none -10.0%; best: none"]
+        "gpt4ts: test MSE vs pretrained: random_init +10.0%, none -10.0%; best: none"
+    ]
 
 
 def test_adapter_demo_rows_are_the_pretrained_run_and_its_three_ablations():
     data = synthetic_traffic(num_nodes=12, num_days=14, seed=0)
     task = prepare_task(data, 12, 12)
     rows = adapter_demo_rows(task, quick=True)
-    assert [r["method"] for r in rows] == [f"gpt4ts[{m}]" for m in
-                                          ("pretrained", "random_init", "llm2attn", "none")]
+    assert [r["method"] for r in rows] == [
+        f"gpt4ts[{m}]" for m in ("pretrained", "random_init", "llm2attn", "none")
+    ]
     pre, rand, attn, none = rows
     for r in rows:
         assert set(r["metrics"]) == {"h3", "h6", "h12", "avg"}

@@ -59,16 +59,20 @@ class AttentionBody(nn.Module):
                 "choose a head count that divides the width",
             )
         self.hidden_size = hidden_size
-        self.attn = nn.MultiheadAttention(hidden_size, num_heads, dropout=dropout,
-                                          batch_first=True)
+        self.attn = nn.MultiheadAttention(hidden_size, num_heads, dropout=dropout, batch_first=True)
         self.norm = nn.LayerNorm(hidden_size)
 
     def forward(
         self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         padding = None if attention_mask is None else attention_mask == 0
-        attended, _ = self.attn(inputs_embeds, inputs_embeds, inputs_embeds,
-                                key_padding_mask=padding, need_weights=False)
+        attended, _ = self.attn(
+            inputs_embeds,
+            inputs_embeds,
+            inputs_embeds,
+            key_padding_mask=padding,
+            need_weights=False,
+        )
         return self.norm(inputs_embeds + attended)
 
 
@@ -138,4 +142,3 @@ def build_body(
         return AttentionBody(
             int(config.hidden_size), int(config.num_attention_heads), attention_dropout
         )
-

@@ -47,14 +47,19 @@ class Adjacency:
                 f"weight {weight.shape})",
                 "pass three 1-D arrays of the same length",
             )
-        if len(src) and (min(src.min(), dst.min()) < 0 or max(src.max(), dst.max()) >= self.num_nodes):
+        if len(src) and (
+            min(src.min(), dst.min()) < 0 or max(src.max(), dst.max()) >= self.num_nodes
+        ):
             raise DataError(
                 f"adjacency has an edge to node {int(max(src.max(), dst.max()))} outside "
                 f"0..{self.num_nodes - 1}",
                 "use 0-based node indices below the number of nodes",
             )
         if not np.all(np.isfinite(weight)):
-            raise DataError("adjacency has NaN or infinite edge weights", "replace them by 0 (no edge) or a finite weight")
+            raise DataError(
+                "adjacency has NaN or infinite edge weights",
+                "replace them by 0 (no edge) or a finite weight",
+            )
         object.__setattr__(self, "src", src)
         object.__setattr__(self, "dst", dst)
         object.__setattr__(self, "weight", weight)
@@ -69,7 +74,10 @@ class Adjacency:
                 "pass an N x N matrix whose rows and columns follow the node order",
             )
         if not np.all(np.isfinite(matrix)):
-            raise DataError("adjacency matrix has NaN or infinite entries", "replace them by 0 (no edge) or a finite weight")
+            raise DataError(
+                "adjacency matrix has NaN or infinite entries",
+                "replace them by 0 (no edge) or a finite weight",
+            )
         src, dst = np.nonzero(matrix)
         return cls(src, dst, matrix[src, dst], matrix.shape[0])
 
@@ -89,7 +97,11 @@ class Adjacency:
         if num_nodes is None:
             num_nodes = int(max(src.max(initial=-1), dst.max(initial=-1)) + 1)
         if symmetric:
-            src, dst, weight = np.concatenate([src, dst]), np.concatenate([dst, src]), np.concatenate([weight, weight])
+            src, dst, weight = (
+                np.concatenate([src, dst]),
+                np.concatenate([dst, src]),
+                np.concatenate([weight, weight]),
+            )
         # one entry per (src, dst): the last weight given wins, as in a dense assignment
         key = src * num_nodes + dst
         _, last = np.unique(key[::-1], return_index=True)
@@ -116,9 +128,13 @@ class Adjacency:
         remap = np.full(self.num_nodes, -1, dtype=np.int64)
         remap[nodes] = np.arange(len(nodes))
         keep = (remap[self.src] >= 0) & (remap[self.dst] >= 0)
-        return Adjacency(remap[self.src[keep]], remap[self.dst[keep]], self.weight[keep], len(nodes))
+        return Adjacency(
+            remap[self.src[keep]], remap[self.dst[keep]], self.weight[keep], len(nodes)
+        )
 
-    def neighbors(self, node: int, k: int | None = None, direction: str = "both") -> tuple[np.ndarray, np.ndarray]:
+    def neighbors(
+        self, node: int, k: int | None = None, direction: str = "both"
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` most strongly connected neighbours of ``node`` (self excluded).
 
         ``direction`` is ``"out"`` (edges node -> j), ``"in"`` (j -> node) or ``"both"``
@@ -126,7 +142,9 @@ class Adjacency:
         weight, strongest first, ties broken by index.
         """
         if direction not in ("out", "in", "both"):
-            raise DataError(f"unknown neighbour direction {direction!r}", "use 'out', 'in' or 'both'")
+            raise DataError(
+                f"unknown neighbour direction {direction!r}", "use 'out', 'in' or 'both'"
+            )
         weights: dict[int, float] = {}
         if direction in ("out", "both"):
             sel = (self.src == node) & (self.dst != node)
@@ -137,7 +155,9 @@ class Adjacency:
             for j, w in zip(self.src[sel].tolist(), self.weight[sel].tolist()):
                 weights[j] = max(weights.get(j, -np.inf), w)
         order = sorted(weights, key=lambda j: (-weights[j], j))[: k if k is not None else None]
-        return np.asarray(order, dtype=np.int64), np.asarray([weights[j] for j in order], dtype=np.float32)
+        return np.asarray(order, dtype=np.int64), np.asarray(
+            [weights[j] for j in order], dtype=np.float32
+        )
 
 
 def grid_adjacency(height: int, width: int) -> Adjacency:
@@ -207,16 +227,25 @@ class STData:
                 "reshape to [time, nodes, channels]; for grids (T, C, H, W) use STData.from_grid",
             )
         if not np.issubdtype(values.dtype, np.number) and values.dtype != bool:
-            raise DataError(f"values must be numeric, got dtype {values.dtype}", "convert the columns to numbers first")
+            raise DataError(
+                f"values must be numeric, got dtype {values.dtype}",
+                "convert the columns to numbers first",
+            )
         values = values.astype(np.float32, copy=False)
         T, N, C = values.shape
         if T == 0 or N == 0 or C == 0:
-            raise DataError(f"values are empty (shape {values.shape})", "pass at least one time step, node and channel")
+            raise DataError(
+                f"values are empty (shape {values.shape})",
+                "pass at least one time step, node and channel",
+            )
         given = None if self.mask is None else np.asarray(self.mask, dtype=bool)
         if given is not None and given.ndim == 2:
             given = given[:, :, None]
         if given is not None and given.shape != values.shape:
-            raise DataError(f"mask shape {given.shape} differs from values shape {values.shape}", "pass a mask of the same [T, N, C] shape")
+            raise DataError(
+                f"mask shape {given.shape} differs from values shape {values.shape}",
+                "pass a mask of the same [T, N, C] shape",
+            )
         # finiteness and the default mask are computed in row blocks: a full temporary
         # boolean array would add a quarter of the values' size to the peak memory
         block = max(1, (1 << 22) // max(1, N * C))
@@ -242,17 +271,26 @@ class STData:
             mask = np.empty(values.shape, dtype=bool)
             for t in range(0, T, block):
                 v = values[t : t + block]
-                mask[t : t + block] = np.isfinite(v) if null is None else np.isfinite(v) & (v != null)
+                mask[t : t + block] = (
+                    np.isfinite(v) if null is None else np.isfinite(v) & (v != null)
+                )
         self.values, self.mask = values, mask
 
         empty = np.flatnonzero(~mask.any(axis=(0, 2)))
-        self.node_ids = [str(i) for i in range(N)] if self.node_ids is None else [str(i) for i in self.node_ids]
+        self.node_ids = (
+            [str(i) for i in range(N)] if self.node_ids is None else [str(i) for i in self.node_ids]
+        )
         if len(self.node_ids) != N:
-            raise DataError(f"{len(self.node_ids)} node ids for {N} nodes", "pass one id per node, in the node order of values")
+            raise DataError(
+                f"{len(self.node_ids)} node ids for {N} nodes",
+                "pass one id per node, in the node order of values",
+            )
         if len(set(self.node_ids)) != N:
             raise DataError("node ids are not unique", "give every node its own id")
         if len(empty):
-            shown = ", ".join(self.node_ids[i] for i in empty[:5]) + (" ..." if len(empty) > 5 else "")
+            shown = ", ".join(self.node_ids[i] for i in empty[:5]) + (
+                " ..." if len(empty) > 5 else ""
+            )
             raise DataError(
                 f"{self.name}: {len(empty)} node(s) have no observations at all ({shown})",
                 "drop them before building the data (loaders take drop_empty_nodes=True) or check the null value",
@@ -261,17 +299,28 @@ class STData:
             self.channels = ["value"] if C == 1 else [f"c{i}" for i in range(C)]
         self.channels = [str(c) for c in self.channels]
         if len(self.channels) != C:
-            raise DataError(f"{len(self.channels)} channel names for {C} channels", "pass one name per channel")
+            raise DataError(
+                f"{len(self.channels)} channel names for {C} channels", "pass one name per channel"
+            )
 
         if self.timestamps is not None:
             ts = pd.DatetimeIndex(self.timestamps)
             if len(ts) != T:
-                raise DataError(f"{len(ts)} timestamps for {T} time steps", "pass one timestamp per row of values")
+                raise DataError(
+                    f"{len(ts)} timestamps for {T} time steps",
+                    "pass one timestamp per row of values",
+                )
             if ts.hasnans:
-                raise DataError("timestamps contain missing values (NaT)", "fill or drop the rows without a time")
+                raise DataError(
+                    "timestamps contain missing values (NaT)",
+                    "fill or drop the rows without a time",
+                )
             if not ts.is_unique:
                 dup = ts[ts.duplicated()][0]
-                raise DataError(f"timestamps are duplicated (first: {dup})", "aggregate or drop the duplicated rows")
+                raise DataError(
+                    f"timestamps are duplicated (first: {dup})",
+                    "aggregate or drop the duplicated rows",
+                )
             if not ts.is_monotonic_increasing:
                 pos = int(np.flatnonzero(np.diff(ts.asi8) < 0)[0])
                 raise DataError(
@@ -288,7 +337,10 @@ class STData:
             try:
                 self.freq = pd.tseries.frequencies.to_offset(self.freq).freqstr
             except ValueError as exc:
-                raise DataError(f"unknown frequency {self.freq!r}", "use a pandas frequency such as '5min', '15min' or 'h'") from exc
+                raise DataError(
+                    f"unknown frequency {self.freq!r}",
+                    "use a pandas frequency such as '5min', '15min' or 'h'",
+                ) from exc
 
         if isinstance(self.adjacency, np.ndarray):
             self.adjacency = Adjacency.from_dense(self.adjacency)
@@ -300,13 +352,21 @@ class STData:
         if self.coords is not None:
             self.coords = np.asarray(self.coords, dtype=np.float64)
             if self.coords.shape != (N, 2):
-                raise DataError(f"coords must have shape ({N}, 2), got {self.coords.shape}", "pass one (lat, lon) pair per node")
+                raise DataError(
+                    f"coords must have shape ({N}, 2), got {self.coords.shape}",
+                    "pass one (lat, lon) pair per node",
+                )
         if self.node_meta is not None and len(self.node_meta) != N:
-            raise DataError(f"node_meta has {len(self.node_meta)} rows for {N} nodes", "pass one row per node")
+            raise DataError(
+                f"node_meta has {len(self.node_meta)} rows for {N} nodes", "pass one row per node"
+            )
         if self.grid_shape is not None:
             h, w = self.grid_shape
             if h * w != N:
-                raise DataError(f"grid_shape {self.grid_shape} has {h * w} cells but the data have {N} nodes", "pass H, W with H*W == N")
+                raise DataError(
+                    f"grid_shape {self.grid_shape} has {h * w} cells but the data have {N} nodes",
+                    "pass H, W with H*W == N",
+                )
             self.grid_shape = (int(h), int(w))
 
     # ----------------------------------------------------------------- shape
@@ -358,7 +418,10 @@ class STData:
         """Rows ``start:stop`` as a view (no copy of values or mask)."""
         sl = slice(start, stop)
         if len(range(*sl.indices(self.num_steps))) == 0:
-            raise DataError(f"time slice {start}:{stop} of {self.num_steps} steps is empty", "choose borders inside the series")
+            raise DataError(
+                f"time slice {start}:{stop} of {self.num_steps} steps is empty",
+                "choose borders inside the series",
+            )
         return self._derive(
             values=self.values[sl],
             mask=self.mask[sl],
@@ -377,8 +440,12 @@ class STData:
             node_ids=[self.node_ids[i] for i in idx],
             adjacency=None if self.adjacency is None else self.adjacency.subgraph(idx),
             coords=None if self.coords is None else self.coords[idx],
-            node_meta=None if self.node_meta is None else self.node_meta.iloc[idx].reset_index(drop=True),
-            grid_shape=self.grid_shape if idx.size == self.num_nodes and np.all(idx == np.arange(self.num_nodes)) else None,
+            node_meta=None
+            if self.node_meta is None
+            else self.node_meta.iloc[idx].reset_index(drop=True),
+            grid_shape=self.grid_shape
+            if idx.size == self.num_nodes and np.all(idx == np.arange(self.num_nodes))
+            else None,
         )
 
     def select_channels(self, channels: Sequence[int | str] | slice) -> STData:
@@ -387,16 +454,28 @@ class STData:
             idx = np.arange(self.num_channels)[channels]
             sel: Any = channels
         else:
-            idx = np.asarray([self.channels.index(c) if isinstance(c, str) else int(c) for c in channels])
+            idx = np.asarray(
+                [self.channels.index(c) if isinstance(c, str) else int(c) for c in channels]
+            )
             sel = idx
-        return self._derive(values=self.values[:, :, sel], mask=self.mask[:, :, sel], channels=[self.channels[i] for i in idx])
+        return self._derive(
+            values=self.values[:, :, sel],
+            mask=self.mask[:, :, sel],
+            channels=[self.channels[i] for i in idx],
+        )
 
     def with_values(self, values: np.ndarray, mask: np.ndarray | None = None) -> STData:
         """Same time, nodes and graph with new values of the same ``[T, N, *]`` leading shape."""
         values = np.asarray(values, dtype=np.float32)
         if values.shape[:2] != self.values.shape[:2]:
-            raise DataError(f"new values have shape {values.shape}, expected [{self.num_steps}, {self.num_nodes}, C]", "keep time and node axes")
-        changes: dict[str, Any] = {"values": values, "mask": self.mask if mask is None else np.asarray(mask, bool)}
+            raise DataError(
+                f"new values have shape {values.shape}, expected [{self.num_steps}, {self.num_nodes}, C]",
+                "keep time and node axes",
+            )
+        changes: dict[str, Any] = {
+            "values": values,
+            "mask": self.mask if mask is None else np.asarray(mask, bool),
+        }
         if values.shape[2] != self.num_channels:
             changes["channels"] = [f"c{i}" for i in range(values.shape[2])]
         return self._derive(**changes)
@@ -412,19 +491,29 @@ class STData:
         """Grid data ``(T, C, H, W)`` (TaxiBJ / BikeNYC layout) as nodes = cells, row-major."""
         frames = np.asarray(frames)
         if frames.ndim != 4:
-            raise DataError(f"grid data must have shape (T, C, H, W), got {frames.shape}", "add a channel axis for single-channel grids")
+            raise DataError(
+                f"grid data must have shape (T, C, H, W), got {frames.shape}",
+                "add a channel axis for single-channel grids",
+            )
         T, C, H, W = frames.shape
         values = frames.reshape(T, C, H * W).transpose(0, 2, 1)
         rows, cols = np.divmod(np.arange(H * W), W)
         kwargs.setdefault("adjacency", grid_adjacency(H, W))
         kwargs.setdefault("coords", np.stack([rows, cols], axis=1).astype(np.float64))
         kwargs.setdefault("node_ids", [f"r{r}c{c}" for r, c in zip(rows, cols)])
-        return cls(values=values, channels=list(channels) if channels is not None else None, grid_shape=(H, W), **kwargs)
+        return cls(
+            values=values,
+            channels=list(channels) if channels is not None else None,
+            grid_shape=(H, W),
+            **kwargs,
+        )
 
     def to_grid(self, values: np.ndarray | None = None) -> np.ndarray:
         """Back to frames ``(T, C, H, W)``; ``values`` (``[T, N, C]``, e.g. a forecast) default to the data's own."""
         if self.grid_shape is None:
-            raise DataError(f"{self.name} is not grid data", "build it with STData.from_grid to keep H and W")
+            raise DataError(
+                f"{self.name} is not grid data", "build it with STData.from_grid to keep H and W"
+            )
         v = self.values if values is None else np.asarray(values)
         H, W = self.grid_shape
         return v.transpose(0, 2, 1).reshape(v.shape[0], v.shape[2], H, W)
@@ -458,4 +547,3 @@ class STData:
             f"STData(name={self.name!r}, T={T}, N={N}, C={C}, freq={self.freq!r}, "
             f"start={self.start}, edges={self.num_edges}, missing={self.missing_fraction:.2%})"
         )
-

@@ -31,10 +31,14 @@ _REDUCE = {"global": (0, 1, 2), "node": (0, 2), "channel": (0, 1), "node_channel
 def _like(stat: np.ndarray, x: Any) -> Any:
     """``stat`` as the same array type, device and dtype as ``x``."""
     if isinstance(x, np.ndarray):
-        return stat.astype(x.dtype if np.issubdtype(x.dtype, np.floating) else np.float32, copy=False)
+        return stat.astype(
+            x.dtype if np.issubdtype(x.dtype, np.floating) else np.float32, copy=False
+        )
     import torch
 
-    return torch.as_tensor(stat, dtype=x.dtype if x.is_floating_point() else torch.float32, device=x.device)
+    return torch.as_tensor(
+        stat, dtype=x.dtype if x.is_floating_point() else torch.float32, device=x.device
+    )
 
 
 class Scaler:
@@ -62,10 +66,16 @@ class Scaler:
         """
         values = np.asarray(values)
         if values.ndim != 3:
-            raise DataError(f"scaler expects [T, N, C] values, got shape {values.shape}", "fit on STData.values of the train split")
+            raise DataError(
+                f"scaler expects [T, N, C] values, got shape {values.shape}",
+                "fit on STData.values of the train split",
+            )
         use = mask is not None and self.use_mask
         if use and np.shape(mask) != values.shape:
-            raise DataError(f"mask shape {np.shape(mask)} differs from values {values.shape}", "pass the mask of the same rows")
+            raise DataError(
+                f"mask shape {np.shape(mask)} differs from values {values.shape}",
+                "pass the mask of the same rows",
+            )
         block = max(1, (1 << 20) // max(1, values.shape[1] * values.shape[2]))
 
         def chunks():
@@ -88,7 +98,9 @@ class Scaler:
 
     def _check_fitted(self) -> None:
         if self.shift is None:
-            raise ConfigError(f"{type(self).__name__} is not fitted", "call fit(train_values, train_mask) first")
+            raise ConfigError(
+                f"{type(self).__name__} is not fitted", "call fit(train_values, train_mask) first"
+            )
 
     def transform(self, x: Any) -> Any:
         self._check_fitted()
@@ -141,7 +153,9 @@ class StandardScaler(Scaler):
             n = n + m.sum(axis=reduce, keepdims=True)
             total = total + np.where(m, v, 0).sum(axis=reduce, keepdims=True)
         mean = total / n
-        sq = sum(np.where(m, (v - mean) ** 2, 0).sum(axis=reduce, keepdims=True) for v, m in chunks())
+        sq = sum(
+            np.where(m, (v - mean) ** 2, 0).sum(axis=reduce, keepdims=True) for v, m in chunks()
+        )
         return mean, np.sqrt(sq / n)
 
 
@@ -177,7 +191,9 @@ class IdentityScaler(Scaler):
         return z
 
 
-SCALERS: dict[str, type[Scaler]] = {cls.kind: cls for cls in (StandardScaler, MinMaxScaler, IdentityScaler)}
+SCALERS: dict[str, type[Scaler]] = {
+    cls.kind: cls for cls in (StandardScaler, MinMaxScaler, IdentityScaler)
+}
 
 
 def make_scaler(kind: str = "standard", axis: str = "global", use_mask: bool = True) -> Scaler:

@@ -77,7 +77,10 @@ def chronological_split(
         n_test = int(round(num_steps * sum(ratios))) - n_train - n_val
     else:
         if len(borders) != 3 or any(int(b) < 0 for b in borders):
-            raise ConfigError(f"split borders {tuple(borders)} are not three row counts", "use e.g. (8640, 2880, 2880)")
+            raise ConfigError(
+                f"split borders {tuple(borders)} are not three row counts",
+                "use e.g. (8640, 2880, 2880)",
+            )
         n_train, n_val, n_test = (int(b) for b in borders)
         if n_train + n_val + n_test > num_steps:
             raise ConfigError(
@@ -89,4 +92,6 @@ def chronological_split(
             f"split of {num_steps} rows leaves an empty train or test part ({n_train}/{n_val}/{n_test})",
             "use a longer series or other ratios",
         )
-    return Split((0, n_train), (n_train, n_train + n_val), (n_train + n_val, n_train + n_val + n_test))
+    return Split(
+        (0, n_train), (n_train, n_train + n_val), (n_train + n_val, n_train + n_val + n_test)
+    )

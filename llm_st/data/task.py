@@ -38,12 +38,17 @@ class ForecastTask:
 
     def __post_init__(self) -> None:
         if self.metric_scale not in METRIC_SCALES:
-            raise ConfigError(f"unknown metric scale {self.metric_scale!r}", f"use one of {', '.join(METRIC_SCALES)}")
+            raise ConfigError(
+                f"unknown metric scale {self.metric_scale!r}",
+                f"use one of {', '.join(METRIC_SCALES)}",
+            )
 
     def index(self, part: str, history: int | None = None) -> WindowIndex:
         """Windows whose targets lie in ``part``; training windows use ``stride``, evaluation every step."""
         stride = self.stride if part == "train" else 1
-        return WindowIndex.for_split(self.data, self.split, part, history or self.history, self.horizon, stride)
+        return WindowIndex.for_split(
+            self.data, self.split, part, history or self.history, self.horizon, stride
+        )
 
     def dataset(self, part: str, history: int | None = None) -> WindowDataset:
         """Windows of ``part``; ``history`` overrides the task's (same targets, longer context)."""
@@ -81,7 +86,9 @@ def prepare_task(
     split = chronological_split(data.num_steps, ratios=ratios, borders=borders)
     sc = dict(protocol.get("scaler", {"kind": "standard", "axis": "global", "use_mask": True}))
     sc.update(scaler or {})
-    fitted = make_scaler(sc.get("kind", "standard"), sc.get("axis", "global"), sc.get("use_mask", True))
+    fitted = make_scaler(
+        sc.get("kind", "standard"), sc.get("axis", "global"), sc.get("use_mask", True)
+    )
     train = data.time_slice(*split.train)
     fitted.fit(train.values, train.mask)
     return ForecastTask(

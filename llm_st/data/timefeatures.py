@@ -20,7 +20,10 @@ def time_features(data: STData) -> np.ndarray:
     if data.timestamps is not None:
         ts = data.timestamps
         seconds = ts.hour * 3600 + ts.minute * 60 + ts.second
-        return np.stack([np.asarray(seconds, np.float32) / 86400.0, np.asarray(ts.day_of_week, np.float32)], axis=1)
+        return np.stack(
+            [np.asarray(seconds, np.float32) / 86400.0, np.asarray(ts.day_of_week, np.float32)],
+            axis=1,
+        )
     per_day = data.steps_per_day()
     if per_day is None:
         return np.zeros((T, 2), np.float32)

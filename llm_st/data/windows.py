@@ -56,7 +56,16 @@ class WindowIndex:
         self.starts = np.arange(first, last + 1, stride, dtype=np.int64)
 
     @classmethod
-    def for_split(cls, data: STData, split: Split, part: str, history: int, horizon: int, stride: int = 1, **kw: Any) -> WindowIndex:
+    def for_split(
+        cls,
+        data: STData,
+        split: Split,
+        part: str,
+        history: int,
+        horizon: int,
+        stride: int = 1,
+        **kw: Any,
+    ) -> WindowIndex:
         start, stop = split[part]
         return cls(data.num_steps, history, horizon, stride, start, stop, **kw)
 
@@ -82,7 +91,9 @@ class WindowDataset(torch.utils.data.Dataset):
     indexing returns torch tensors.
     """
 
-    def __init__(self, data: STData, index: WindowIndex, scaler: Scaler | None = None, with_time: bool = True):
+    def __init__(
+        self, data: STData, index: WindowIndex, scaler: Scaler | None = None, with_time: bool = True
+    ):
         self.data = data
         self.index = index
         self.scaler = scaler

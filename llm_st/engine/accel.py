@@ -55,8 +55,10 @@ def make_accelerator(config: TrainingConfig) -> Accelerator:
     (``gradient_accumulation_steps=1``, ``step_scheduler_with_optimizer=False``).
     """
     if config.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("training.device='cuda' but no CUDA GPU is visible",
-                          "use device: auto or cpu, or check CUDA_VISIBLE_DEVICES")
+        raise ConfigError(
+            "training.device='cuda' but no CUDA GPU is visible",
+            "use device: auto or cpu, or check CUDA_VISIBLE_DEVICES",
+        )
     cpu = _use_cpu(config)
     precision = resolve_mixed_precision(config.mixed_precision, "cpu" if cpu else "cuda")
     kwargs = dict(cpu=cpu, mixed_precision=precision, step_scheduler_with_optimizer=False)

@@ -33,9 +33,16 @@ def build_task(config: DataConfig, data: STData | None = None) -> ForecastTask:
         from llm_st.data import load
 
         data = load(config.spec, data_dir=config.data_dir)
-    return prepare_task(data, config.history, config.horizon, ratios=config.ratios,
-                        borders=config.borders, scaler=config.scaler,
-                        metric_scale=config.metric_scale, stride=config.stride)
+    return prepare_task(
+        data,
+        config.history,
+        config.horizon,
+        ratios=config.ratios,
+        borders=config.borders,
+        scaler=config.scaler,
+        metric_scale=config.metric_scale,
+        stride=config.stride,
+    )
 
 
 def peak_memory_mb(device: torch.device) -> dict[str, float | None]:
@@ -119,8 +126,10 @@ def fit_and_evaluate(
         "num_test_windows": test["num_windows"],
         "metric_scale": test["metric_scale"],
         **fit,
-        "params": {**count_parameters(model),
-                   "objective": count_parameters(trainer.objective)["total"]},
+        "params": {
+            **count_parameters(model),
+            "objective": count_parameters(trainer.objective)["total"],
+        },
         **peak_memory_mb(acc.device),
         "world_size": acc.num_processes,
         "mixed_precision": acc.mixed_precision,
@@ -150,8 +159,11 @@ def _check_resumable(run: RunDir, recipe: Recipe) -> None:
         return
     saved = _flatten(yaml.safe_load(path.read_text()) or {})
     current = _flatten(recipe.to_dict())
-    changed = sorted(k for k in set(saved) | set(current)
-                     if k != "training.device" and saved.get(k) != current.get(k))
+    changed = sorted(
+        k
+        for k in set(saved) | set(current)
+        if k != "training.device" and saved.get(k) != current.get(k)
+    )
     if changed:
         raise ConfigError(
             f"the recipe differs from the one {str(run.path)!r} was started with at {changed}",
@@ -198,21 +210,32 @@ def train(
     extra: dict[str, Any] = {}
     pre = recipe.objective.pretrain
     if pre is not None and not model.learned:
-        logger.warning("model %s learns nothing; skipping the pretrain objective",
-                       recipe.model.name)
+        logger.warning(
+            "model %s learns nothing; skipping the pretrain objective", recipe.model.name
+        )
     elif pre is not None:
         seed_everything(cfg.seed)
         pre_objective = build_objective(pre.name, info, model, **pre.params)
-        pre_cfg = dataclasses.replace(cfg, epochs=pre.epochs, max_steps=None,
-                                      select_metric="val_loss")
+        pre_cfg = dataclasses.replace(
+            cfg, epochs=pre.epochs, max_steps=None, select_metric="val_loss"
+        )
         pre_run = RunDir(run / "pretrain")
         if acc.is_main_process:
             pre_run.path.mkdir(exist_ok=True)
-        trainer = Trainer(model, pre_objective, task, pre_cfg, pre_run, horizons,
-                          accelerator=acc)
+        trainer = Trainer(model, pre_objective, task, pre_cfg, pre_run, horizons, accelerator=acc)
         extra["pretrain"] = trainer.fit(resume=resume)
     seed_everything(cfg.seed)
     objective = build_objective(recipe.objective.name, info, model, **recipe.objective.params)
-    return fit_and_evaluate(model, task, cfg, objective, run, horizons, resume, on_step, acc,
-                            header={"name": recipe.name, "run_dir": str(run.path), **extra},
-                            started=started)
+    return fit_and_evaluate(
+        model,
+        task,
+        cfg,
+        objective,
+        run,
+        horizons,
+        resume,
+        on_step,
+        acc,
+        header={"name": recipe.name, "run_dir": str(run.path), **extra},
+        started=started,
+    )

@@ -81,11 +81,12 @@ class RunDir:
         ``overwrite`` (start over); a file in its place is an error.
         """
         if resume and overwrite:
-            raise ConfigError("both resume and overwrite were requested",
-                              "pass --resume to continue the run or --overwrite to start over")
+            raise ConfigError(
+                "both resume and overwrite were requested",
+                "pass --resume to continue the run or --overwrite to start over",
+            )
         if self.path.exists() and not self.path.is_dir():
-            raise ConfigError(f"run directory {str(self.path)!r} is a file",
-                              "choose another --out")
+            raise ConfigError(f"run directory {str(self.path)!r} is a file", "choose another --out")
         found = self.results()
         if found and not (resume or overwrite):
             raise ConfigError(

@@ -148,8 +148,9 @@ class Trainer:
         self.horizons = tuple(horizons)
         self.on_step = on_step
         self.accelerator = accelerator or make_accelerator(config)
-        self.state = TrainState(world_size=self.accelerator.num_processes,
-                                config=dataclasses.asdict(config))
+        self.state = TrainState(
+            world_size=self.accelerator.num_processes, config=dataclasses.asdict(config)
+        )
         self.module = TrainModule(model, self.objective)
         self._best: dict[str, torch.Tensor] | None = None
         self._batches_per_epoch = 1
@@ -183,29 +184,38 @@ class Trainer:
             return self._fit_summary(self._validate_without_training())
         val = self.task.split.val
         if val[1] <= val[0]:
-            raise ConfigError("the validation split is empty; early stopping and best-weight "
-                              "selection need one", "use ratios with a validation part, e.g. "
-                              "[0.7, 0.1, 0.2]")
+            raise ConfigError(
+                "the validation split is empty; early stopping and best-weight selection need one",
+                "use ratios with a validation part, e.g. [0.7, 0.1, 0.2]",
+            )
         if count_parameters(self.module)["trainable"] == 0:
-            raise ConfigError(f"{type(self.model).__name__} has no trainable parameters",
-                              "unfreeze some parameters or use a model with learned = False")
+            raise ConfigError(
+                f"{type(self.model).__name__} has no trainable parameters",
+                "unfreeze some parameters or use a model with learned = False",
+            )
         train_set = self.task.dataset("train")
-        batches = len(process_batches(np.arange(len(train_set)), cfg.batch_size,
-                                      acc.process_index, acc.num_processes))
+        batches = len(
+            process_batches(
+                np.arange(len(train_set)), cfg.batch_size, acc.process_index, acc.num_processes
+            )
+        )
         self._batches_per_epoch = batches
         steps_per_epoch = math.ceil(batches / cfg.grad_accum)
         total = cfg.max_steps or cfg.epochs * steps_per_epoch
         optimizer = torch.optim.AdamW(param_groups(self.module, cfg.weight_decay), lr=cfg.lr)
         scheduler = lr_schedule(optimizer, cfg.scheduler, cfg.warmup_steps, total)
-        self._wrapped, self._optimizer, self._scheduler = acc.prepare(self.module, optimizer,
-                                                                      scheduler)
+        self._wrapped, self._optimizer, self._scheduler = acc.prepare(
+            self.module, optimizer, scheduler
+        )
         if resume:
             self._restore()
         if not self.state.done:
             self._train(train_set, total)
         if self._best is None:
-            warnings.warn("no evaluation gave a finite validation score; keeping the last weights",
-                          stacklevel=2)
+            warnings.warn(
+                "no evaluation gave a finite validation score; keeping the last weights",
+                stacklevel=2,
+            )
         else:
             self.module.load_state_dict(self._best, strict=False)
         self._save_final_weights()
@@ -217,15 +227,27 @@ class Trainer:
     def test(self, part: str = "test") -> dict[str, Any]:
         """Masked metrics of the current weights on all windows of ``part`` (see ``evaluate``)."""
         with self.accelerator.autocast():
-            return evaluate(self.model, self.task, part, self.config.eval_batch_size,
-                            self.accelerator.device, self.horizons)
+            return evaluate(
+                self.model,
+                self.task,
+                part,
+                self.config.eval_batch_size,
+                self.accelerator.device,
+                self.horizons,
+            )
 
     # ------------------------------------------------------------------ loop
     def _train(self, train_set: Any, total: int) -> None:
         acc, cfg, st = self.accelerator, self.config, self.state
         rank, world = acc.process_index, acc.num_processes
-        bar = tqdm(total=total, initial=st.step, desc="train", unit="step", dynamic_ncols=True,
-                   disable=not (acc.is_main_process and sys.stderr.isatty()))
+        bar = tqdm(
+            total=total,
+            initial=st.step,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+            disable=not (acc.is_main_process and sys.stderr.isatty()),
+        )
         sums: dict[str, torch.Tensor] = {}
         self.module.train()
         clock = time.perf_counter()
@@ -235,8 +257,9 @@ class Trainer:
             for i in range(st.batch_in_epoch, len(batches)):
                 group = min(cfg.grad_accum, len(batches) - i // cfg.grad_accum * cfg.grad_accum)
                 sync = (i + 1) % cfg.grad_accum == 0 or i == len(batches) - 1
-                batch = {k: v.to(acc.device, non_blocking=True)
-                         for k, v in train_set[batches[i]].items()}
+                batch = {
+                    k: v.to(acc.device, non_blocking=True) for k, v in train_set[batches[i]].items()
+                }
                 with nullcontext() if sync else acc.no_sync(self._wrapped):
                     loss, logs = self._wrapped(batch)
                     acc.backward(loss / group)
@@ -259,9 +282,11 @@ class Trainer:
                 if self.on_step is not None:
                     self.on_step(st.step)
                 end_of_epoch = st.batch_in_epoch == 0
-                if ((cfg.eval_every is None and end_of_epoch)
-                        or (cfg.eval_every is not None and st.step % cfg.eval_every == 0)
-                        or st.step >= total):
+                if (
+                    (cfg.eval_every is None and end_of_epoch)
+                    or (cfg.eval_every is not None and st.step % cfg.eval_every == 0)
+                    or st.step >= total
+                ):
                     st.train_time_s += time.perf_counter() - clock
                     record = self._evaluate(sums, total, len(batches))
                     bar.set_postfix(val_loss=f"{record['val_loss']:.4g}")
@@ -299,8 +324,12 @@ class Trainer:
         st.done = stop or st.step >= total
         record["time_s"] = round(st.train_time_s, 3)
         st.history.append(record)
-        logger.info("step %d epoch %s: %s", st.step, record["epoch"],
-                    ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k.startswith("val_")))
+        logger.info(
+            "step %d epoch %s: %s",
+            st.step,
+            record["epoch"],
+            ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k.startswith("val_")),
+        )
         return record
 
     def _validate(self) -> dict[str, Any]:
@@ -313,18 +342,29 @@ class Trainer:
                 result = evaluate(model, *args, loss_fn=self.objective.forecast_loss)
                 out = {"loss": result["loss"], "metrics": result["metrics"]}
             else:
-                loss = mean_loss(lambda b: self.objective.loss(model, b)[0],
-                                 self.task.dataset("val"), cfg.eval_batch_size, acc.device)
-                metrics = evaluate(model, *args)["metrics"] if cfg.select_metric == "val_mae" \
-                    else None
+                loss = mean_loss(
+                    lambda b: self.objective.loss(model, b)[0],
+                    self.task.dataset("val"),
+                    cfg.eval_batch_size,
+                    acc.device,
+                )
+                metrics = (
+                    evaluate(model, *args)["metrics"] if cfg.select_metric == "val_mae" else None
+                )
                 out = {"loss": loss, "metrics": metrics}
         self.module.train()
         return out
 
     def _validate_without_training(self) -> dict[str, Any]:
         with self.accelerator.autocast():
-            result = evaluate(self.model, self.task, "val", self.config.eval_batch_size,
-                              self.accelerator.device, self.horizons)
+            result = evaluate(
+                self.model,
+                self.task,
+                "val",
+                self.config.eval_batch_size,
+                self.accelerator.device,
+                self.horizons,
+            )
         self._save_final_weights()
         return {"loss": None, "metrics": result["metrics"]}
 
@@ -336,8 +376,11 @@ class Trainer:
         """
         keep = {n for n, p in self.module.named_parameters() if p.requires_grad}
         keep |= {n for n, _ in self.module.named_buffers()}
-        return {k: v.detach().to("cpu", copy=True)
-                for k, v in self.module.state_dict().items() if k in keep}
+        return {
+            k: v.detach().to("cpu", copy=True)
+            for k, v in self.module.state_dict().items()
+            if k in keep
+        }
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint(self) -> None:
@@ -366,17 +409,21 @@ class Trainer:
             logger.info("no checkpoint to resume from; starting the run")
             return
         saved = TrainState(**json.loads((latest / "trainer_state.json").read_text()))
-        changed = sorted(k for k, v in saved.config.items()
-                         if k != "device" and self.state.config.get(k) != v)
+        changed = sorted(
+            k for k, v in saved.config.items() if k != "device" and self.state.config.get(k) != v
+        )
         if changed:
             raise ConfigError(
                 f"the checkpoint in {str(latest)!r} was trained with other settings ({changed})",
                 "resume with the same training settings, or start over with --overwrite",
             )
         if saved.world_size != self.state.world_size:
-            warnings.warn(f"resuming a {saved.world_size}-process run on "
-                          f"{self.state.world_size} processes: batches and random states differ "
-                          "from the uninterrupted run", stacklevel=3)
+            warnings.warn(
+                f"resuming a {saved.world_size}-process run on "
+                f"{self.state.world_size} processes: batches and random states differ "
+                "from the uninterrupted run",
+                stacklevel=3,
+            )
         self.accelerator.load_state(str(latest))
         saved.world_size = self.state.world_size
         self.state = saved

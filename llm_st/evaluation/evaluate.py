@@ -50,8 +50,11 @@ def all_reduce_sum(values: np.ndarray, world_size: int) -> np.ndarray:
     if world_size == 1:
         return values
     dist = torch.distributed
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" \
+    device = (
+        torch.device("cuda", torch.cuda.current_device())
+        if dist.get_backend() == "nccl"
         else torch.device("cpu")
+    )
     tensor = torch.as_tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return tensor.cpu().numpy()

@@ -22,7 +22,9 @@ def _count(n: int | None) -> str:
     return str(n)
 
 
-def format_table(rows: Sequence[dict[str, Any]], horizons: Sequence[str] = ("h3", "h6", "h12", "avg")) -> str:
+def format_table(
+    rows: Sequence[dict[str, Any]], horizons: Sequence[str] = ("h3", "h6", "h12", "avg")
+) -> str:
     """One line per method: MAE / RMSE / MAPE at each horizon key, parameters and time.
 
     Each row has ``method``, ``metrics`` (as returned by
@@ -30,15 +32,25 @@ def format_table(rows: Sequence[dict[str, Any]], horizons: Sequence[str] = ("h3"
     ``trainable``, ``total`` (parameter counts), ``seconds`` and ``note``.
     """
     keys = [h for h in horizons if any(h in r["metrics"] for r in rows)]
-    header = ["method", "family"] + [f"{h} MAE/RMSE/MAPE" for h in keys] + ["trainable", "total", "time"]
+    header = (
+        ["method", "family"] + [f"{h} MAE/RMSE/MAPE" for h in keys] + ["trainable", "total", "time"]
+    )
     body = []
     for r in rows:
         cells = [r["method"], r.get("family", "")]
         for h in keys:
             m = r["metrics"].get(h)
-            cells.append("-" if m is None else f"{_fmt(m['mae'])} / {_fmt(m['rmse'])} / {_fmt(m['mape'], pct=True)}")
+            cells.append(
+                "-"
+                if m is None
+                else f"{_fmt(m['mae'])} / {_fmt(m['rmse'])} / {_fmt(m['mape'], pct=True)}"
+            )
         secs = r.get("seconds")
-        cells += [_count(r.get("trainable")), _count(r.get("total")), "-" if secs is None else f"{secs:.1f}s"]
+        cells += [
+            _count(r.get("trainable")),
+            _count(r.get("total")),
+            "-" if secs is None else f"{secs:.1f}s",
+        ]
         body.append(cells)
     widths = [max(len(str(row[i])) for row in [header] + body) for i in range(len(header))]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731

@@ -54,7 +54,10 @@ class SeasonalNaive(STModel):
         super().__init__(info)
         self.period = period or info.steps_per_day
         if self.period is None:
-            raise ConfigError("seasonal_naive needs a period and the data frequency is unknown", "set model.period")
+            raise ConfigError(
+                "seasonal_naive needs a period and the data frequency is unknown",
+                "set model.period",
+            )
         if info.history < self.period:
             raise ConfigError(
                 f"seasonal_naive with period {self.period} needs history >= {self.period}, got {info.history}",
@@ -81,18 +84,31 @@ class HistoricalAverage(STModel):
     def __init__(self, info: DataInfo, weekly: bool = True):
         super().__init__(info)
         if info.steps_per_day is None:
-            raise ConfigError("historical_average needs a regular frequency that divides a day", "give the data timestamps or a freq")
+            raise ConfigError(
+                "historical_average needs a regular frequency that divides a day",
+                "give the data timestamps or a freq",
+            )
         self.weekly = weekly
         self.num_slots = info.steps_per_day * (7 if weekly else 1)
-        self.register_buffer("table", torch.zeros(self.num_slots, info.num_nodes, info.num_channels))
+        self.register_buffer(
+            "table", torch.zeros(self.num_slots, info.num_nodes, info.num_channels)
+        )
 
     def _slots(self, times: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
         spd = self.info.steps_per_day
-        step = (times[..., 0] * spd + 0.5).astype(np.int64) if isinstance(times, np.ndarray) else (times[..., 0] * spd + 0.5).long()
+        step = (
+            (times[..., 0] * spd + 0.5).astype(np.int64)
+            if isinstance(times, np.ndarray)
+            else (times[..., 0] * spd + 0.5).long()
+        )
         step = step % spd
         if not self.weekly:
             return step
-        dow = times[..., 1].astype(np.int64) if isinstance(times, np.ndarray) else times[..., 1].long()
+        dow = (
+            times[..., 1].astype(np.int64)
+            if isinstance(times, np.ndarray)
+            else times[..., 1].long()
+        )
         return dow * spd + step
 
     def fit_data(self, train: STData, scaler: Scaler) -> None:
@@ -127,7 +143,10 @@ class VAR(STModel):
     def __init__(self, info: DataInfo, order: int = 3, ridge: float = 1e-2):
         super().__init__(info)
         if info.history < order:
-            raise ConfigError(f"var order {order} exceeds the history {info.history}", "lower model.order or raise data.history")
+            raise ConfigError(
+                f"var order {order} exceeds the history {info.history}",
+                "lower model.order or raise data.history",
+            )
         self.order, self.ridge = order, ridge
         d = info.num_nodes * info.num_channels
         self.register_buffer("coef", torch.zeros(order * d + 1, d))
@@ -136,11 +155,15 @@ class VAR(STModel):
         z = np.asarray(scaler.transform(train.values), np.float64)
         z = np.where(train.mask, z, 0.0).reshape(train.num_steps, -1)  # missing -> the scaled mean
         p, T = self.order, z.shape[0]
-        design = np.concatenate([z[p - k - 1 : T - k - 1] for k in range(p)] + [np.ones((T - p, 1))], axis=1)
+        design = np.concatenate(
+            [z[p - k - 1 : T - k - 1] for k in range(p)] + [np.ones((T - p, 1))], axis=1
+        )
         target = z[p:]
         gram = design.T @ design
         gram += self.ridge * np.trace(gram) / gram.shape[0] * np.eye(gram.shape[0])
-        self.coef.copy_(torch.from_numpy(np.linalg.solve(gram, design.T @ target).astype(np.float32)))
+        self.coef.copy_(
+            torch.from_numpy(np.linalg.solve(gram, design.T @ target).astype(np.float32))
+        )
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         x = batch["x"]

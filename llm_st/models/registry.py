@@ -53,4 +53,7 @@ def build_model(name: str, info: DataInfo, **hparams: Any) -> STModel:
     try:
         return cls(info, **hparams)
     except TypeError as exc:
-        raise ConfigError(f"model {name!r}: {exc}", f"check the model section of the recipe against {cls.__name__}'s arguments") from exc
+        raise ConfigError(
+            f"model {name!r}: {exc}",
+            f"check the model section of the recipe against {cls.__name__}'s arguments",
+        ) from exc

@@ -146,8 +146,7 @@ def load_mae(backbone: str) -> tuple[ViTMAEForPreTraining, tuple[float, ...], tu
     missing = [k for k in info["missing_keys"] if k.startswith("decoder.")]
     if missing:
         raise ModelLoadError(
-            f"{backbone!r} has no MAE decoder weights ({len(missing)} missing, e.g. "
-            f"{missing[0]})",
+            f"{backbone!r} has no MAE decoder weights ({len(missing)} missing, e.g. {missing[0]})",
             "VisionTS reconstructs pixels with the pretraining decoder: save or download "
             f"the full ViTMAEForPreTraining (e.g. {DEFAULT_BACKBONE}), not a ViTMAEModel",
         )

@@ -42,8 +42,9 @@ class Regression(ForecastObjective):
     ):
         super().__init__(info, model)
         if loss not in LOSSES:
-            raise ConfigError(f"unknown regression loss {loss!r}",
-                              f"use one of {', '.join(LOSSES)}")
+            raise ConfigError(
+                f"unknown regression loss {loss!r}", f"use one of {', '.join(LOSSES)}"
+            )
         if huber_delta <= 0:
             raise ConfigError(f"huber_delta must be positive, got {huber_delta}", "use e.g. 1.0")
         self.kind = loss

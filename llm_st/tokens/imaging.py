@@ -277,8 +277,15 @@ def series_to_image(
             "flatten nodes and channels into the batch axis and cast to float",
         )
     layout = image_layout(
-        context.shape[1], horizon, period, image_size, patch_size, align_const,
-        pixel_mean, pixel_std, interpolation,
+        context.shape[1],
+        horizon,
+        period,
+        image_size,
+        patch_size,
+        align_const,
+        pixel_mean,
+        pixel_std,
+        interpolation,
     )
     padded = torch.cat([context[:, :1].expand(-1, layout.pad_left), context], dim=1)
     grid = _resize(fold(padded, period), (image_size, layout.context_width), interpolation)
