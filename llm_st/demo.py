@@ -5,7 +5,8 @@ along edges, incidents and sensor dropouts) it fits and scores the non-learned
 baselines, baselines trained from scratch, a zero-shot LLM and a frozen-LLM adapter
 (GPT4TS on the pretrained all-MiniLM-L6-v2) with its three ablations (no LLM, one
 attention layer, random weights), all under the ST graph protocol: chronological
-70/10/20 split, one z-score fit on the training rows, masked MAE / RMSE / MAPE on the original scale at
+70/10/20 split, one z-score fit on the training rows, masked MAE / RMSE / MAPE on the
+original scale at
 horizons 3 / 6 / 12 (15 / 30 / 60 minutes) and their 12-step average.
 """
 
@@ -104,7 +105,8 @@ def _learned_rows(task: ForecastTask, quick: bool) -> list[dict[str, Any]]:
                 "trainable": result["params"]["trainable"],
                 "total": result["params"]["total"],
                 "seconds": time.perf_counter() - t0,
-                "note": f"{result['steps']} optimizer steps (demo budget), weights of the best validation check",
+                "note": f"{result['steps']} optimizer steps (demo budget), weights of the best "
+                "validation check",
             }
         )
     return rows

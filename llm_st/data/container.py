@@ -119,7 +119,13 @@ class Adjacency:
         return out
 
     def is_symmetric(self) -> bool:
-        fwd = dict(zip(zip(self.src.tolist(), self.dst.tolist()), self.weight.tolist()))
+        fwd = dict(
+            zip(
+                zip(self.src.tolist(), self.dst.tolist(), strict=True),
+                self.weight.tolist(),
+                strict=True,
+            )
+        )
         return all(fwd.get((d, s)) == w for (s, d), w in fwd.items())
 
     def subgraph(self, nodes: np.ndarray) -> Adjacency:
@@ -148,11 +154,11 @@ class Adjacency:
         weights: dict[int, float] = {}
         if direction in ("out", "both"):
             sel = (self.src == node) & (self.dst != node)
-            for j, w in zip(self.dst[sel].tolist(), self.weight[sel].tolist()):
+            for j, w in zip(self.dst[sel].tolist(), self.weight[sel].tolist(), strict=True):
                 weights[j] = max(weights.get(j, -np.inf), w)
         if direction in ("in", "both"):
             sel = (self.dst == node) & (self.src != node)
-            for j, w in zip(self.src[sel].tolist(), self.weight[sel].tolist()):
+            for j, w in zip(self.src[sel].tolist(), self.weight[sel].tolist(), strict=True):
                 weights[j] = max(weights.get(j, -np.inf), w)
         order = sorted(weights, key=lambda j: (-weights[j], j))[: k if k is not None else None]
         return np.asarray(order, dtype=np.int64), np.asarray(
@@ -187,7 +193,8 @@ class STData:
     freq
         Pandas frequency string (``"5min"``, ``"h"``); inferred from ``timestamps`` when omitted.
     node_ids, channels
-        Names of the ``N`` nodes and ``C`` channels (default ``"0".."N-1"`` and ``"value"``/``"c0"..``).
+        Names of the ``N`` nodes and ``C`` channels
+        (default ``"0".."N-1"`` and ``"value"``/``"c0"..``).
     adjacency
         :class:`Adjacency` or a dense ``[N, N]`` matrix (zero = no edge).
     coords
@@ -223,7 +230,8 @@ class STData:
             values = values[:, :, None]
         if values.ndim != 3:
             raise DataError(
-                f"values must have shape [T, N, C] (or [T, N]), got {values.ndim} dimensions {values.shape}",
+                f"values must have shape [T, N, C] (or [T, N]), got {values.ndim} dimensions "
+                f"{values.shape}",
                 "reshape to [time, nodes, channels]; for grids (T, C, H, W) use STData.from_grid",
             )
         if not np.issubdtype(values.dtype, np.number) and values.dtype != bool:
@@ -256,7 +264,8 @@ class STData:
         null = None if self.null_value is None else np.float32(self.null_value)
         if n_bad:
             warnings.warn(
-                f"{self.name}: {n_bad} NaN/infinite values ({n_bad / values.size:.2%}) were masked as missing "
+                f"{self.name}: {n_bad} NaN/infinite values ({n_bad / values.size:.2%}) were "
+                "masked as missing "
                 "and stored as 0",
                 stacklevel=3,
             )
@@ -293,7 +302,8 @@ class STData:
             )
             raise DataError(
                 f"{self.name}: {len(empty)} node(s) have no observations at all ({shown})",
-                "drop them before building the data (loaders take drop_empty_nodes=True) or check the null value",
+                "drop them before building the data (loaders take drop_empty_nodes=True) or "
+                "check the null value",
             )
         if self.channels is None:
             self.channels = ["value"] if C == 1 else [f"c{i}" for i in range(C)]
@@ -324,7 +334,8 @@ class STData:
             if not ts.is_monotonic_increasing:
                 pos = int(np.flatnonzero(np.diff(ts.asi8) < 0)[0])
                 raise DataError(
-                    f"timestamps are not sorted (row {pos + 1}: {ts[pos + 1]} comes after {ts[pos]})",
+                    f"timestamps are not sorted (row {pos + 1}: {ts[pos + 1]} comes after "
+                    f"{ts[pos]})",
                     "sort the rows by time before loading",
                 )
             self.timestamps = ts
@@ -399,7 +410,7 @@ class STData:
         return 0 if self.adjacency is None else self.adjacency.num_edges
 
     def steps_per_day(self) -> int | None:
-        """Number of time steps in one day, or ``None`` if the frequency is unknown or does not divide a day."""
+        """Time steps in one day; ``None`` if the frequency is unknown or does not divide a day."""
         if self.freq is None:
             return None
         step = pd.Timedelta(pd.tseries.frequencies.to_offset(self.freq))
@@ -429,7 +440,7 @@ class STData:
         )
 
     def select_nodes(self, nodes: slice | Sequence[int] | np.ndarray) -> STData:
-        """A subset of nodes (a view for a slice, a copy for an index list); graph and metadata follow."""
+        """A subset of nodes (a view for a slice, else a copy); graph and metadata follow."""
         idx = np.arange(self.num_nodes)[nodes]
         if idx.size == 0:
             raise DataError("node selection is empty", "select at least one node")
@@ -469,7 +480,8 @@ class STData:
         values = np.asarray(values, dtype=np.float32)
         if values.shape[:2] != self.values.shape[:2]:
             raise DataError(
-                f"new values have shape {values.shape}, expected [{self.num_steps}, {self.num_nodes}, C]",
+                f"new values have shape {values.shape}, expected [{self.num_steps}, "
+                f"{self.num_nodes}, C]",
                 "keep time and node axes",
             )
         changes: dict[str, Any] = {
@@ -500,7 +512,7 @@ class STData:
         rows, cols = np.divmod(np.arange(H * W), W)
         kwargs.setdefault("adjacency", grid_adjacency(H, W))
         kwargs.setdefault("coords", np.stack([rows, cols], axis=1).astype(np.float64))
-        kwargs.setdefault("node_ids", [f"r{r}c{c}" for r, c in zip(rows, cols)])
+        kwargs.setdefault("node_ids", [f"r{r}c{c}" for r, c in zip(rows, cols, strict=True)])
         return cls(
             values=values,
             channels=list(channels) if channels is not None else None,
@@ -509,7 +521,7 @@ class STData:
         )
 
     def to_grid(self, values: np.ndarray | None = None) -> np.ndarray:
-        """Back to frames ``(T, C, H, W)``; ``values`` (``[T, N, C]``, e.g. a forecast) default to the data's own."""
+        """Back to frames ``(T, C, H, W)``; ``values`` ``[T, N, C]`` default to the data's own."""
         if self.grid_shape is None:
             raise DataError(
                 f"{self.name} is not grid data", "build it with STData.from_grid to keep H and W"

@@ -42,7 +42,7 @@ def _like(stat: np.ndarray, x: Any) -> Any:
 
 
 class Scaler:
-    """Base: subclasses set ``kind`` and compute ``(shift, scale)`` so that ``z = (x - shift) / scale``."""
+    """Base: subclasses set ``kind`` and compute ``(shift, scale)``; ``z = (x - shift) / scale``."""
 
     kind: ClassVar[str] = "base"
 
@@ -55,11 +55,13 @@ class Scaler:
         self.scale: np.ndarray | None = None
 
     def _stats(self, chunks: Any, reduce: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-        """``(shift, scale)`` with kept dims from ``chunks()``, an iterator of ``(values, mask)`` row blocks."""
+        """``(shift, scale)`` (dims kept) from ``chunks()``, which yields ``(values, mask)``."""
         raise NotImplementedError
 
     def fit(self, values: np.ndarray, mask: np.ndarray | None = None) -> Scaler:
-        """Fit on ``values`` ``[T, N, C]`` (the training rows); ``mask`` excludes missing entries when ``use_mask``.
+        """Fit on ``values`` ``[T, N, C]`` (the training rows).
+
+        ``mask`` excludes missing entries when ``use_mask``.
 
         Statistics accumulate in float64 over blocks of rows, so fitting never copies the
         whole array.
@@ -87,7 +89,8 @@ class Scaler:
         counts = sum(m.sum(axis=reduce, keepdims=True) for _, m in chunks())
         if np.any(counts == 0):
             raise DataError(
-                f"scaler axis {self.axis!r}: some node/channel has no observed value in the fitting rows",
+                f"scaler axis {self.axis!r}: some node/channel has no observed value in the "
+                "fitting rows",
                 "use axis='global' or a longer training split",
             )
         shift, scale = self._stats(chunks, reduce)

@@ -69,7 +69,8 @@ def chronological_split(
     if ratios is not None:
         if len(ratios) != 3 or any(r < 0 for r in ratios) or sum(ratios) > 1 + 1e-9:
             raise ConfigError(
-                f"split ratios {tuple(ratios)} are not three non-negative fractions summing to <= 1",
+                f"split ratios {tuple(ratios)} are not three non-negative fractions summing to "
+                "<= 1",
                 "use e.g. (0.7, 0.1, 0.2)",
             )
         n_train = int(num_steps * ratios[0])
@@ -84,12 +85,14 @@ def chronological_split(
         n_train, n_val, n_test = (int(b) for b in borders)
         if n_train + n_val + n_test > num_steps:
             raise ConfigError(
-                f"split borders {tuple(borders)} need {n_train + n_val + n_test} rows but the series has {num_steps}",
+                f"split borders {tuple(borders)} need {n_train + n_val + n_test} rows but the "
+                f"series has {num_steps}",
                 "use ratios or smaller borders",
             )
     if min(n_train, n_test) <= 0:
         raise ConfigError(
-            f"split of {num_steps} rows leaves an empty train or test part ({n_train}/{n_val}/{n_test})",
+            f"split of {num_steps} rows leaves an empty train or test part "
+            f"({n_train}/{n_val}/{n_test})",
             "use a longer series or other ratios",
         )
     return Split(

@@ -44,7 +44,7 @@ class ForecastTask:
             )
 
     def index(self, part: str, history: int | None = None) -> WindowIndex:
-        """Windows whose targets lie in ``part``; training windows use ``stride``, evaluation every step."""
+        """Windows with targets in ``part``: train every ``stride`` rows, evaluate every row."""
         stride = self.stride if part == "train" else 1
         return WindowIndex.for_split(
             self.data, self.split, part, history or self.history, self.horizon, stride

@@ -91,7 +91,7 @@ def _logical_numel(p: torch.Tensor) -> int:
 
 
 def count_parameters(module: nn.Module) -> dict[str, int]:
-    """``{"trainable": ..., "total": ...}`` parameter counts (shared parameters once, 4-bit unpacked)."""
+    """``{"trainable", "total"}`` parameter counts (shared ones once, 4-bit weights unpacked)."""
     params = list(module.parameters())
     return {
         "trainable": sum(p.numel() for p in params if p.requires_grad),

@@ -53,7 +53,10 @@ def format_table(
         ]
         body.append(cells)
     widths = [max(len(str(row[i])) for row in [header] + body) for i in range(len(header))]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
     out = [line(header), line(["-" * w for w in widths])] + [line(b) for b in body]
     notes = [f"  [{r['method']}] {r['note']}" for r in rows if r.get("note")]
     return "\n".join(out + ([""] + notes if notes else []))

@@ -20,7 +20,7 @@ from llm_st.models.registry import register_model
 
 
 def last_observed(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``[B, N, C]``: the last observed value of each series in ``x`` ``[B, L, N, C]`` (0 if none)."""
+    """``[B, N, C]``: last observed value of each series of ``x`` ``[B, L, N, C]`` (0 if none)."""
     L = x.shape[1]
     steps = torch.arange(L, device=x.device).view(1, L, 1, 1)
     last = torch.where(mask, steps, torch.full_like(steps, -1)).amax(dim=1)  # [B, N, C]
@@ -60,8 +60,10 @@ class SeasonalNaive(STModel):
             )
         if info.history < self.period:
             raise ConfigError(
-                f"seasonal_naive with period {self.period} needs history >= {self.period}, got {info.history}",
-                f"set data.history to {self.period} for this method (the test targets stay the same)",
+                f"seasonal_naive with period {self.period} needs history >= {self.period}, got "
+                f"{info.history}",
+                f"set data.history to {self.period} for this method (the test targets stay the "
+                "same)",
             )
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -130,7 +132,7 @@ class HistoricalAverage(STModel):
 
 @register_model("var")
 class VAR(STModel):
-    """Vector autoregression of order ``p`` over all ``N * C`` series, least squares on the train split.
+    """Vector autoregression of order ``p`` over all ``N * C`` series, fit on the train split.
 
     ``z[t] = sum_k A_k z[t - k] + b`` fit in closed form with a small ridge term
     (``ridge * trace / dim``) for stability; forecasts are rolled out recursively over
