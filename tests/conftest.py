@@ -16,6 +16,7 @@ torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
 # tiny test models and tokenizers are built once and cached inside the checkout, not in $HOME
 os.environ.setdefault("LLM_ST_CACHE", str(REPO / ".cache" / "llm_st"))
+os.environ.setdefault("LLM_ST_DATA", str(REPO.parent / "shared" / "data"))
 
 
 def shared_data_dir() -> Path:

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llm_st.data import Adjacency, STData, load, load_npz, save_npz
+from llm_st.data import Adjacency, STData, detect_format, load, load_file, load_npz, save_npz
 from llm_st.data.io import META_KEY
 from llm_st.errors import DataError
 
@@ -79,6 +79,7 @@ def test_round_trip_is_exact(tmp_path, tz):
     assert back.extras == {"spec": "METR-LA", "note": {"k": [1, 2]}}
     assert back.missing_fraction == pytest.approx(2 / data.values.size)
     # load() recognises the format by its metadata entry
+    assert detect_format(path).name == "native_npz"
     _assert_same(data, load(str(path)))
 
 
@@ -134,3 +135,7 @@ def test_bad_targets_and_foreign_archives(tmp_path):
     np.savez(tmp_path / "other.npz", data=np.zeros((4, 2, 1)))
     with pytest.raises(DataError, match="not an llm-st data file"):
         load_npz(tmp_path / "other.npz")
+    # without the metadata entry it is not sniffed as llm-st's own, and forcing it says why
+    assert detect_format(tmp_path / "other.npz").name == "pems_npz"
+    with pytest.raises(DataError, match=r"no __llm_st_meta__ entry.*llm_st\.data\.load_file"):
+        load_file(tmp_path / "other.npz", format="native_npz")

@@ -1,7 +1,6 @@
 """Named datasets: specs, protocol values, data-root resolution and the load() entry point."""
 
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,9 +10,11 @@ from llm_st.data import (
     DatasetSpec,
     SplitSpec,
     data_root,
+    default_data_dir,
     get_spec,
     list_datasets,
     load,
+    locate_files,
     save_npz,
 )
 from llm_st.data.splits import chronological_split
@@ -21,7 +22,6 @@ from llm_st.data.synthetic import generate
 from llm_st.data.task import prepare_task
 from llm_st.errors import ConfigError, DataError, DataNotFoundError
 
-REPO = Path(__file__).resolve().parents[1]
 NAMES = ["ETTh1", "ETTh2", "LosLoop", "SZ-taxi", "METR-LA", "PEMS-BAY", "PEMS04", "PEMS08"]
 
 
@@ -65,26 +65,108 @@ def test_specs_are_frozen_and_validated():
         SplitSpec(ratios=(0.7, 0.1, 0.2), borders=(1, 2, 3))
     with pytest.raises(ConfigError, match="summing to 1"):
         SplitSpec(ratios=(0.7, 0.2, 0.2))
-    with pytest.raises(ConfigError, match="unknown format 'xlsx'"):
-        DatasetSpec(
-            "X", {"data": "x.xlsx"}, "xlsx", "h", None, SplitSpec(ratios=(1, 0, 0)), None, ""
-        )
+    split = SplitSpec(ratios=(1, 0, 0))
+    with pytest.raises(ConfigError, match=r"X: unknown format 'xlsx'; use one of native_npz, "):
+        DatasetSpec("X", {"data": "x.xlsx"}, "xlsx", "h", None, split, None, "")
+    with pytest.raises(ConfigError, match="have no 'data' role"):
+        DatasetSpec("X", {"main": "x.csv"}, "wide_csv", "h", None, split, None, "")
+
+
+def test_named_datasets_name_the_format_of_their_main_file():
+    formats = {name: get_spec(name).format for name in NAMES}
+    assert formats == {
+        "ETTh1": "ett_csv",
+        "ETTh2": "ett_csv",
+        "LosLoop": "wide_csv",
+        "SZ-taxi": "sz_taxi",
+        "METR-LA": "dcrnn_h5",
+        "PEMS-BAY": "dcrnn_h5",
+        "PEMS04": "pems_npz",
+        "PEMS08": "pems_npz",
+    }
+    # the other roles are the loaders' keyword arguments
+    assert dict(get_spec("METR-LA").files) == {
+        "data": "METR-LA/metr-la.h5",
+        "adj_pkl_path": "METR-LA/adj_mx.pkl",
+        "locations_csv": "METR-LA/graph_sensor_locations.csv",
+    }
+    assert set(get_spec("PEMS08").files) == {"data", "distance_csv"}
 
 
 def test_data_root_resolution(tmp_path, monkeypatch):
     monkeypatch.setenv("LLM_ST_DATA", str(tmp_path / "env"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    # argument > $LLM_ST_DATA > $XDG_CACHE_HOME/llm-st/data > ~/.cache/llm-st/data
     assert data_root(tmp_path / "arg") == tmp_path / "arg"
+    assert data_root("~/mine") == tmp_path / "home" / "mine"
     assert data_root() == tmp_path / "env"
+    monkeypatch.setenv("LLM_ST_DATA", "")  # empty counts as unset
+    assert data_root() == tmp_path / "xdg" / "llm-st" / "data" == default_data_dir()
     monkeypatch.delenv("LLM_ST_DATA")
-    assert data_root() == REPO.parent / "shared" / "data"
+    assert data_root() == tmp_path / "xdg" / "llm-st" / "data"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert data_root() == tmp_path / "home" / ".cache" / "llm-st" / "data"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # ignored, as XDG says
+    assert data_root() == tmp_path / "home" / ".cache" / "llm-st" / "data"
 
 
-def test_missing_named_dataset_says_what_where_and_how(tmp_path):
+def test_missing_named_dataset_says_what_where_and_how(tmp_path, monkeypatch):
     with pytest.raises(DataNotFoundError) as err:
         load("PEMS04", data_dir=tmp_path)
     message = str(err.value)
-    assert f"PEMS04/PEMS04.npz, PEMS04/distance.csv not found in {tmp_path}" in message
-    assert "Davidham3/ASTGCN-2019-mxnet" in message and "--data-dir / $LLM_ST_DATA" in message
+    assert (
+        f"dataset PEMS04: PEMS04/PEMS04.npz, PEMS04/distance.csv not found in {tmp_path} "
+        "(given by data_dir / --data-dir)" in message
+    )
+    assert "get it from github.com/Davidham3/ASTGCN-2019-mxnet under data/PEMS0X/" in message
+    assert f"place them at {tmp_path / 'PEMS04' / 'PEMS04.npz'}, " in message
+    assert "--data-dir / $LLM_ST_DATA at the folder that holds PEMS04/" in message
+    assert "hf download" not in message  # no Hugging Face repository is known for PeMS
+
+    monkeypatch.delenv("LLM_ST_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    with pytest.raises(DataNotFoundError) as err:
+        load("ETTh1")
+    message = str(err.value)
+    root = tmp_path / "xdg" / "llm-st" / "data"
+    assert f"ETT/ETTh1.csv not found in {root} (the default, as neither" in message
+    assert "github.com/zhouhaoyi/ETDataset under ETT-small/" in message
+    assert f"place them at {root / 'ETT' / 'ETTh1.csv'}" in message
+
+
+def test_missing_files_with_a_known_hub_repository_show_the_download(tmp_path):
+    spec = DatasetSpec(
+        name="Toy",
+        files={"data": "Toy/toy.csv", "adj_csv": "Toy/adj.csv"},
+        format="wide_csv",
+        freq="5min",
+        start="2020-01-01",
+        split=SplitSpec(ratios=(0.7, 0.1, 0.2)),
+        null_value=None,
+        description="toy speeds",
+        source="get it from github.com/example/toy",
+        hf_repo="example/toy-speeds",
+    )
+    with pytest.raises(DataNotFoundError) as err:
+        locate_files(spec, tmp_path)
+    assert (
+        f"(hf download example/toy-speeds --repo-type dataset --local-dir {tmp_path / 'Toy'})"
+        in str(err.value)
+    )
+    folder = tmp_path / "Toy"
+    folder.mkdir()
+    (folder / "toy.csv").write_text("a,b\n1,2\n3,4\n")
+    (folder / "adj.csv").write_text("1,1\n0,1\n")
+    assert locate_files(spec, tmp_path) == {
+        "data": folder / "toy.csv",
+        "adj_csv": folder / "adj.csv",
+    }
+    data = load(spec, data_dir=tmp_path, null_value=2.0)  # keyword arguments override the spec
+    assert data.name == "Toy" and data.description == "toy speeds" and data.freq == "5min"
+    assert data.timestamps[1] == pd.Timestamp("2020-01-01 00:05")
+    assert data.num_edges == 1  # 0 -> 1; self-loops are not counted
+    assert not data.mask[0, 1, 0] and data.mask.sum() == 3 and data.extras["spec"] == "Toy"
 
 
 def test_optional_locations_may_be_absent(tmp_path):

@@ -157,7 +157,7 @@ def load_npz(path: str | Path) -> STData:
     if META_KEY not in arrays:
         raise DataError(
             f"{path} is not an llm-st data file (no {META_KEY} entry)",
-            "load published formats with llm_st.data.load or a loader of llm_st.data.loaders",
+            "load published formats with llm_st.data.load or llm_st.data.load_file",
         )
     meta = json.loads(str(arrays[META_KEY]))
     if meta.get("format") != FORMAT or meta.get("version", 0) > FORMAT_VERSION:

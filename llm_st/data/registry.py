@@ -1,12 +1,14 @@
 """Named benchmark datasets and the one entry point :func:`load`.
 
 Each :class:`DatasetSpec` says where a benchmark's files lie under the data root
-(the layout of ``../shared/data``), how to read them, and the evaluation protocol
-the field uses for it: split, scaler and the scale metrics are computed on.
+(``<root>/<folder>/<file>`` with the files' published names), which file format
+(:mod:`llm_st.data.formats`) reads its main file, and the evaluation protocol the
+field uses for it: split, scaler and the scale metrics are computed on.
 
 The data root is, in order: the ``data_dir`` argument (the CLI's ``--data-dir``),
-the environment variable ``LLM_ST_DATA``, ``../shared/data`` next to the repository
-root, ``../shared/data`` next to the working directory.
+the environment variable ``LLM_ST_DATA``, and the per-user folder
+``$XDG_CACHE_HOME/llm-st/data`` (``~/.cache/llm-st/data`` when ``XDG_CACHE_HOME``
+is unset).
 """
 
 from __future__ import annotations
@@ -19,8 +21,15 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from llm_st.data import loaders
 from llm_st.data.container import STData
+from llm_st.data.formats import get_format, load_file
+from llm_st.data.formats._common import (
+    SOURCE_ASTGCN,
+    SOURCE_DCRNN,
+    SOURCE_ETT,
+    SOURCE_SZ_TAXI,
+    SOURCE_TGCN,
+)
 from llm_st.errors import ConfigError, DataError, DataNotFoundError
 
 log = logging.getLogger("llm_st")
@@ -88,14 +97,17 @@ class DatasetSpec:
     name
         Registry name (looked up case-insensitively).
     files
-        Role -> path relative to the data root (roles are the loader's arguments:
-        ``data``, ``adjacency``, ``locations``, ``distances``).
+        Role -> path relative to the data root. Role ``data`` is the main file; every
+        other role is the keyword argument of the format's loader that takes that file
+        (``adj_pkl_path``, ``locations_csv``, ``distance_csv``, ``adj_csv``).
     format
-        Which loader reads the files (a key of ``_READERS``).
+        Name of the file format (:func:`llm_st.data.formats.list_formats`) that reads
+        the main file; its loader also gets ``freq``, ``null_value``, ``name``,
+        ``description`` and, when set, ``start``.
     freq
         Step between rows (pandas frequency string).
     start
-        First timestamp; the loader uses it where the files carry no timestamps.
+        First timestamp, for files that carry no timestamps (``None`` for those that do).
     split
         Chronological split on the raw series (:class:`SplitSpec`).
     null_value
@@ -110,6 +122,10 @@ class DatasetSpec:
         Where the files are published, for "not found" messages.
     optional
         Roles that may be absent (loaded without them, with a log message).
+    hf_repo
+        Hugging Face dataset repository that holds the files of the dataset's folder at
+        its top level, if one is known; "not found" messages then show the
+        ``hf download`` command that fetches them.
     """
 
     name: str
@@ -124,6 +140,7 @@ class DatasetSpec:
     metric_scale: str = "original"
     source: str = ""
     optional: tuple[str, ...] = ()
+    hf_repo: str | None = None
 
     def __post_init__(self) -> None:
         if self.metric_scale not in ("original", "normalized"):
@@ -131,10 +148,15 @@ class DatasetSpec:
                 f"{self.name}: metric_scale {self.metric_scale!r} is unknown",
                 "use 'original' or 'normalized'",
             )
-        if self.format not in _READERS:
+        if "data" not in self.files:
             raise ConfigError(
-                f"{self.name}: unknown format {self.format!r}", f"use one of {', '.join(_READERS)}"
+                f"{self.name}: files {dict(self.files)} have no 'data' role",
+                "name the main file {'data': '<folder>/<file>', ...}",
             )
+        try:
+            get_format(self.format)
+        except ConfigError as exc:
+            raise ConfigError(f"{self.name}: {exc.problem}", exc.fix) from None
         object.__setattr__(self, "files", MappingProxyType(dict(self.files)))
         object.__setattr__(self, "scaler", MappingProxyType(dict(self.scaler)))
 
@@ -148,47 +170,6 @@ class DatasetSpec:
         return {**split, "scaler": dict(self.scaler), "metric_scale": self.metric_scale}
 
 
-# --------------------------------------------------------------------------- readers
-def _read_ett(spec: DatasetSpec, files: dict[str, Path | None], **kw: Any) -> STData:
-    return loaders.load_ett_csv(files["data"], freq=spec.freq, **kw)
-
-
-def _read_wide(spec: DatasetSpec, files: dict[str, Path | None], **kw: Any) -> STData:
-    return loaders.load_wide_csv(
-        files["data"], files.get("adjacency"), start=spec.start, freq=spec.freq, **kw
-    )
-
-
-def _read_sz_taxi(spec: DatasetSpec, files: dict[str, Path | None], **kw: Any) -> STData:
-    kw.setdefault("null_value", spec.null_value)
-    return loaders.load_sz_taxi(
-        files["data"], files.get("adjacency"), start=spec.start, freq=spec.freq, **kw
-    )
-
-
-def _read_dcrnn(spec: DatasetSpec, files: dict[str, Path | None], **kw: Any) -> STData:
-    kw.setdefault("null_value", spec.null_value)
-    return loaders.load_metr_la_style(
-        files["data"], files.get("adjacency"), files.get("locations"), freq=spec.freq, **kw
-    )
-
-
-def _read_pems(spec: DatasetSpec, files: dict[str, Path | None], **kw: Any) -> STData:
-    kw.setdefault("null_value", spec.null_value)
-    return loaders.load_pems_npz(
-        files["data"], files.get("distances"), start=spec.start, freq=spec.freq, **kw
-    )
-
-
-_READERS = {
-    "ett_csv": _read_ett,
-    "wide_csv": _read_wide,
-    "sz_taxi": _read_sz_taxi,
-    "dcrnn_h5": _read_dcrnn,
-    "pems_npz": _read_pems,
-}
-
-
 # --------------------------------------------------------------------------- registry
 _TRAFFIC_SPLIT = SplitSpec(ratios=(0.7, 0.1, 0.2))
 
@@ -199,7 +180,7 @@ def _ett(name: str) -> DatasetSpec:
         files={"data": f"ETT/{name}.csv"},
         format="ett_csv",
         freq="h",
-        start="2016-07-01 00:00",
+        start=None,  # the CSV carries its timestamps, hourly from 2016-07-01 00:00
         # 12/4/4 months of 30-day hourly rows (Informer); the last 2,900 rows are unused
         split=SplitSpec(borders=(8640, 2880, 2880)),
         null_value=None,
@@ -211,7 +192,7 @@ def _ett(name: str) -> DatasetSpec:
         ),
         scaler=SERIES_SCALER,
         metric_scale="normalized",
-        source=loaders.SOURCE_ETT,
+        source=SOURCE_ETT,
     )
 
 
@@ -220,8 +201,8 @@ def _dcrnn(name: str, folder: str, h5: str, pkl: str, locations: str, text: str)
         name=name,
         files={
             "data": f"{folder}/{h5}",
-            "adjacency": f"{folder}/{pkl}",
-            "locations": f"{folder}/{locations}",
+            "adj_pkl_path": f"{folder}/{pkl}",
+            "locations_csv": f"{folder}/{locations}",
         },
         format="dcrnn_h5",
         freq="5min",
@@ -229,22 +210,22 @@ def _dcrnn(name: str, folder: str, h5: str, pkl: str, locations: str, text: str)
         split=_TRAFFIC_SPLIT,
         null_value=0.0,
         description=text,
-        source=loaders.SOURCE_DCRNN,
-        optional=("locations",),
+        source=SOURCE_DCRNN,
+        optional=("locations_csv",),
     )
 
 
 def _pems(name: str, start: str, text: str) -> DatasetSpec:
     return DatasetSpec(
         name=name,
-        files={"data": f"{name}/{name}.npz", "distances": f"{name}/distance.csv"},
+        files={"data": f"{name}/{name}.npz", "distance_csv": f"{name}/distance.csv"},
         format="pems_npz",
         freq="5min",
         start=start,
         split=SplitSpec(ratios=(0.6, 0.2, 0.2)),
         null_value=0.0,
         description=text,
-        source=loaders.SOURCE_ASTGCN,
+        source=SOURCE_ASTGCN,
     )
 
 
@@ -255,7 +236,7 @@ REGISTRY: dict[str, DatasetSpec] = {
         _ett("ETTh2"),
         DatasetSpec(
             name="LosLoop",
-            files={"data": "LosLoop/los_speed.csv", "adjacency": "LosLoop/los_adj.csv"},
+            files={"data": "LosLoop/los_speed.csv", "adj_csv": "LosLoop/los_adj.csv"},
             format="wide_csv",
             freq="5min",
             # T-GCN (Zhao et al., 2019): "speed from Mar. 1 to Mar. 7, 2012"; 2,016 = 7 x 288
@@ -267,23 +248,23 @@ REGISTRY: dict[str, DatasetSpec] = {
                 "LosLoop: loop-detector speeds (mph) of 207 highway sensors in Los Angeles County "
                 "(the METR-LA sensors), one week from 2012-03-01, every 5 minutes, imputed."
             ),
-            source=loaders.SOURCE_TGCN,
+            source=SOURCE_TGCN,
         ),
         DatasetSpec(
             name="SZ-taxi",
-            files={"data": "SZ-taxi/SZ_taxi.npz", "adjacency": "SZ-taxi/sz_adj.csv"},
+            files={"data": "SZ-taxi/SZ_taxi.npz", "adj_csv": "SZ-taxi/sz_adj.csv"},
             format="sz_taxi",
             freq="15min",
             start="2015-01-01 00:00",
             split=_TRAFFIC_SPLIT,  # 80/20 in T-GCN; 70/10/20 here for model selection
-            null_value=0.0,  # zeros are intervals without a taxi (see loaders.load_sz_taxi)
+            null_value=0.0,  # zeros are intervals without a taxi (see formats.sz_taxi.load_sz_taxi)
             description=(
                 "SZ-taxi: taxi speeds (km/h) on 156 major roads of Luohu district, Shenzhen, "
                 "January 2015, every 15 minutes; 0 means no taxi was observed (missing)."
             ),
             # zeros are missing and a quarter of all entries: they are kept out of the z-score
             scaler={"kind": "standard", "axis": "global", "use_mask": True},
-            source=f"data: {loaders.SOURCE_SZ_TAXI}; graph: {loaders.SOURCE_TGCN}",
+            source=f"data: {SOURCE_SZ_TAXI}; graph: {SOURCE_TGCN}",
         ),
         _dcrnn(
             "METR-LA",
@@ -338,42 +319,62 @@ def get_spec(name: str) -> DatasetSpec:
 
 
 # --------------------------------------------------------------------------- resolution
-def _repo_root() -> Path | None:
-    """The folder holding ``pyproject.toml`` above this package (``None`` when installed)."""
-    for folder in Path(__file__).resolve().parents:
-        if (folder / "pyproject.toml").is_file():
-            return folder
-    return None
+def default_data_dir() -> Path:
+    """The per-user data root: ``$XDG_CACHE_HOME/llm-st/data``, else ``~/.cache/llm-st/data``.
+
+    A relative ``XDG_CACHE_HOME`` is ignored, as the XDG base directory specification asks.
+    """
+    cache = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(cache) if cache and Path(cache).is_absolute() else Path.home() / ".cache"
+    return base / "llm-st" / "data"
+
+
+def _root_and_origin(data_dir: str | Path | None) -> tuple[Path, str]:
+    """The data root and, for messages, where it came from."""
+    if data_dir is not None:
+        return Path(data_dir).expanduser(), "given by data_dir / --data-dir"
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR]).expanduser(), f"given by ${ENV_VAR}"
+    return default_data_dir(), f"the default, as neither --data-dir nor ${ENV_VAR} is set"
 
 
 def data_root(data_dir: str | Path | None = None) -> Path:
     """The folder the named datasets are looked up in.
 
-    ``data_dir`` if given, else ``$LLM_ST_DATA``, else the first existing of
-    ``<repository root>/../shared/data`` and ``<working directory>/../shared/data``
-    (the first of these when neither exists, so that messages name it).
+    ``data_dir`` if given, else ``$LLM_ST_DATA``, else :func:`default_data_dir`.
     """
-    if data_dir is not None:
-        return Path(data_dir).expanduser()
-    if os.environ.get(ENV_VAR):
-        return Path(os.environ[ENV_VAR]).expanduser()
-    repo = _repo_root()
-    candidates = ([repo.parent / "shared" / "data"] if repo else []) + [
-        Path.cwd().parent / "shared" / "data"
-    ]
-    return next((c for c in candidates if c.is_dir()), candidates[0])
+    return _root_and_origin(data_dir)[0]
 
 
-def _resolve_files(spec: DatasetSpec, root: Path) -> dict[str, Path | None]:
-    """Absolute file per role; a missing required file raises, a missing optional one is None."""
+def locate_files(spec: DatasetSpec, data_dir: str | Path | None = None) -> dict[str, Path | None]:
+    """The absolute path of each of ``spec``'s files under :func:`data_root`.
+
+    Returns
+    -------
+    dict
+        Role -> path; ``None`` for a missing optional file.
+
+    Raises
+    ------
+    DataNotFoundError
+        If a required file is missing; the message names the folder looked in and why,
+        the missing files, where they are published and where to put them.
+    """
+    root, origin = _root_and_origin(data_dir)
     paths = {role: root / rel for role, rel in spec.files.items()}
     missing = [role for role, p in paths.items() if not p.is_file() and role not in spec.optional]
     if missing:
         folder = spec.files[missing[0]].split("/")[0]
+        download = (
+            f" (hf download {spec.hf_repo} --repo-type dataset --local-dir {root / folder})"
+            if spec.hf_repo
+            else ""
+        )
         raise DataNotFoundError(
-            f"dataset {spec.name}: {', '.join(spec.files[r] for r in missing)} not found in {root}",
-            f"{spec.source}; place them at {', '.join(str(paths[r]) for r in missing)}, or point "
-            f"--data-dir / ${ENV_VAR} at the folder that holds {folder}/",
+            f"dataset {spec.name}: {', '.join(spec.files[r] for r in missing)} not found in "
+            f"{root} ({origin})",
+            f"{spec.source}; place them at {', '.join(str(paths[r]) for r in missing)}{download}, "
+            f"or point --data-dir / ${ENV_VAR} at the folder that holds {folder}/",
         )
     for role, p in paths.items():
         if not p.is_file():
@@ -411,7 +412,26 @@ def _looks_like_path(spec: str) -> bool:
     return Path(spec).suffix != "" or os.sep in spec or "/" in spec
 
 
-def load(spec: str | Path, data_dir: str | Path | None = None, **kwargs: Any) -> STData:
+def _load_named(spec: DatasetSpec, data_dir: str | Path | None, kwargs: dict[str, Any]) -> STData:
+    """Read ``spec``'s files with its format; ``kwargs`` override the spec's values."""
+    files = locate_files(spec, data_dir)
+    args: dict[str, Any] = {"freq": spec.freq, "null_value": spec.null_value}
+    if spec.start is not None:
+        args["start"] = spec.start
+    args.update(
+        {role: path for role, path in files.items() if role != "data" and path is not None},
+        name=spec.name,
+        description=spec.description,
+    )
+    data = load_file(files["data"], format=spec.format, **{**args, **kwargs})
+    data.extras["spec"] = spec.name
+    data.extras["protocol"] = spec.protocol()
+    return data
+
+
+def load(
+    spec: str | Path | DatasetSpec, data_dir: str | Path | None = None, **kwargs: Any
+) -> STData:
     """Load a named benchmark, a synthetic dataset or a file.
 
     Parameters
@@ -419,13 +439,15 @@ def load(spec: str | Path, data_dir: str | Path | None = None, **kwargs: Any) ->
     spec
         One of
 
-        - a registered name (:func:`list_datasets`, case-insensitive), read from
-          :func:`data_root`; the result has ``extras["spec"] = <name>`` and
-          ``extras["protocol"]`` (:meth:`DatasetSpec.protocol`);
+        - a registered name (:func:`list_datasets`, case-insensitive) or a
+          :class:`DatasetSpec`, read from :func:`data_root`; the result has
+          ``extras["spec"] = <name>`` and ``extras["protocol"]``
+          (:meth:`DatasetSpec.protocol`);
         - a synthetic name, optionally with parameters:
           ``"synthetic-traffic"``, ``"synthetic-grid:height=8,width=8,seed=1"``
           (see :mod:`llm_st.data.synthetic`);
-        - a file path, read by :func:`llm_st.data.loaders.load_file`.
+        - a file path, read by :func:`llm_st.data.formats.load_file` (``format=<name>``
+          in ``kwargs`` forces a format).
     data_dir
         Data root for named datasets (default: see :func:`data_root`).
     kwargs
@@ -437,17 +459,11 @@ def load(spec: str | Path, data_dir: str | Path | None = None, **kwargs: Any) ->
     STData
         ``values`` ``[T, N, C]``.
     """
+    if isinstance(spec, DatasetSpec):
+        return _load_named(spec, data_dir, kwargs)
     text = str(spec).strip()
     if isinstance(spec, str) and text.lower() in {name.lower() for name in REGISTRY}:
-        named = get_spec(text)
-        root = data_root(data_dir)
-        files = _resolve_files(named, root)
-        kwargs.setdefault("name", named.name)
-        kwargs.setdefault("description", named.description)
-        data = _READERS[named.format](named, files, **kwargs)
-        data.extras["spec"] = named.name
-        data.extras["protocol"] = named.protocol()
-        return data
+        return _load_named(get_spec(text), data_dir, kwargs)
     if isinstance(spec, str) and text.lower().startswith("synthetic"):
         from llm_st.data.synthetic import SYNTHETIC_NAMES, generate
 
@@ -460,7 +476,7 @@ def load(spec: str | Path, data_dir: str | Path | None = None, **kwargs: Any) ->
         return generate(name, **{**_parse_params(params), **kwargs})
     path = Path(text).expanduser()
     if path.is_file() or _looks_like_path(text):
-        return loaders.load_file(path, **kwargs)
+        return load_file(path, **kwargs)
     raise DataError(
         f"unknown dataset {text!r}: not a registered name and no such file",
         f"use one of {', '.join(REGISTRY)}, a synthetic name or the path of a data file",
