@@ -78,7 +78,7 @@ def _choice(value: str, choices: tuple[str, ...], where: str) -> None:
 
 @dataclass
 class DataConfig(_Section):
-    """Which data, which windows, which split and scaling (the protocol of GUIDE section 5)."""
+    """Which data, which windows, which split and scaling (the protocol of ``docs/protocol.md``)."""
 
     _section: ClassVar[str] = "data"
 
@@ -157,7 +157,7 @@ class DataConfig(_Section):
 
 @dataclass
 class ModelConfig(_Section):
-    """The method, by its registry name, and its hyper-parameters."""
+    """The method, by its registry name, its pretrained backbone and its hyper-parameters."""
 
     _section: ClassVar[str] = "model"
 
@@ -165,6 +165,20 @@ class ModelConfig(_Section):
     params: dict[str, Any] = _help(
         "keyword arguments of the method (checked when the model is built)", default_factory=dict
     )
+    backbone: dict[str, Any] | None = _help(
+        "pretrained backbone of a method built on one (the LLM adapters, VisionTS): fields "
+        "of llm_st.backbones.spec.BackboneSpec (source, num_layers, mode, freeze, lora, ...), "
+        "each replacing the method's default (checked when the model is built); null: the "
+        "method's default, or no backbone",
+        default=None,
+    )
+
+    def _check(self) -> None:
+        _require(
+            "backbone" not in self.params,
+            "model.params.backbone is set; the backbone is a block of its own",
+            "move it to model.backbone, e.g. backbone: {source: tiny-gpt2}",
+        )
 
 
 @dataclass

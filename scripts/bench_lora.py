@@ -29,8 +29,9 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from llm_st.backbones.frozen import FrozenBackbone, load_backbone
+from llm_st.backbones.frozen import FrozenBackbone
 from llm_st.backbones.lora import is_lora_parameter, weight_memory
+from llm_st.backbones.spec import BackboneSpec
 from llm_st.engine import count_parameters
 
 MODES = ("full", "lora", "qlora")
@@ -91,9 +92,10 @@ def step_seconds(backbone: torch.nn.Module, batch: int, tokens: int, steps: int)
 
 def measure(name: str, mode: str, args: argparse.Namespace) -> dict[str, float]:
     lora = {"r": args.r, "alpha": 2 * args.r, "dropout": 0.0} if mode != "full" else None
-    backbone = load_backbone(
+    spec = BackboneSpec(
         name, args.num_layers, freeze="frozen" if mode == "full" else mode, lora=lora
     )
+    backbone = spec.build()
     if mode == "full":
         backbone.requires_grad_(True)
     memory = weight_memory(backbone)

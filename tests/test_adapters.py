@@ -19,6 +19,7 @@ from llm_st.config import TrainingConfig
 from llm_st.data.synthetic import synthetic_traffic
 from llm_st.data.task import prepare_task
 from llm_st.engine import count_parameters, fit_and_evaluate, load_weights
+from llm_st.engine.artifacts import trained_keys
 from llm_st.errors import ConfigError
 from llm_st.models.base import DataInfo
 from llm_st.models.registry import build_model, list_models
@@ -29,10 +30,9 @@ pytest_plugins = ["conftest_prompt"]  # tiny_cache: the session's tiny-model dir
 ADAPTERS = ("gpt4ts", "timellm", "stllm")
 FAMILIES = ("tiny-gpt2", "tiny-llama", "tiny-bert")
 D = 64
-HPARAMS = {  # tiny sizes; every model keeps both blocks of the tiny backbones
-    "gpt4ts": {"num_layers": 2, "patch_len": 4, "stride": 2},
+HPARAMS = {  # tiny sizes
+    "gpt4ts": {"patch_len": 4, "stride": 2},
     "timellm": {
-        "num_layers": 2,
         "patch_len": 4,
         "stride": 2,
         "d_model": 8,
@@ -40,7 +40,7 @@ HPARAMS = {  # tiny sizes; every model keeps both blocks of the tiny backbones
         "d_ff": 8,
         "num_prototypes": 16,
     },
-    "stllm": {"num_layers": 2, "channels": 16},
+    "stllm": {"channels": 16},
 }
 DEFAULT_POLICY = {"gpt4ts": "layernorm", "timellm": "frozen", "stllm": "attention"}
 GRAPH = DataInfo(
@@ -130,9 +130,19 @@ def dirs(tiny_cache) -> dict[str, str]:
     return {name: str(tiny_model_dir(name, tiny_cache)) for name in FAMILIES}
 
 
-def make(adapter: str, backbone: str, info: DataInfo = GRAPH, seed: int = 0, **kw) -> nn.Module:
+def make(
+    adapter: str,
+    source: str,
+    info: DataInfo = GRAPH,
+    seed: int = 0,
+    backbone: dict | None = None,
+    **params,
+) -> nn.Module:
+    """``adapter`` on both blocks of the tiny backbone at ``source``; ``backbone`` holds
+    further fields of its spec (the adapter's default freezing policy when not given)."""
     torch.manual_seed(seed)
-    return build_model(adapter, info, backbone=backbone, **{**HPARAMS[adapter], **kw})
+    spec = {"source": source, "num_layers": 2, **(backbone or {})}
+    return build_model(adapter, info, backbone=spec, **{**HPARAMS[adapter], **params})
 
 
 def make_batch(info: DataInfo, batch: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -194,7 +204,7 @@ CASES = [(a, "tiny-gpt2", p) for a in ADAPTERS for p in ("frozen", "layernorm", 
 
 @pytest.mark.parametrize(("adapter", "family", "policy"), CASES)
 def test_training_moves_every_trainable_parameter_and_no_frozen_one(dirs, adapter, family, policy):
-    model = make(adapter, dirs[family], freeze=policy).train()
+    model = make(adapter, dirs[family], backbone={"freeze": policy}).train()
     expected = OWN_NAMES[adapter] | {f"body.{n}" for n in model.body.trainable_names(policy, 1)}
     assert trainable(model) == expected
     assert count_parameters(model)["trainable"] == own(adapter, family) + BODY[family, policy]
@@ -217,9 +227,9 @@ def test_training_moves_every_trainable_parameter_and_no_frozen_one(dirs, adapte
 @pytest.mark.parametrize("adapter", ADAPTERS)
 def test_ablations_replace_only_the_backbone(dirs, adapter):
     pretrained = make(adapter, dirs["tiny-gpt2"])
-    random = make(adapter, dirs["tiny-gpt2"], backbone_mode="random_init")
-    attention = make(adapter, dirs["tiny-gpt2"], backbone_mode="llm2attn")
-    none = make(adapter, dirs["tiny-gpt2"], backbone_mode="none")
+    random = make(adapter, dirs["tiny-gpt2"], backbone={"mode": "random_init"})
+    attention = make(adapter, dirs["tiny-gpt2"], backbone={"mode": "llm2attn"})
+    none = make(adapter, dirs["tiny-gpt2"], backbone={"mode": "none"})
     batch = make_batch(GRAPH)
     # none: no backbone parameters at all; embeddings go to the head
     assert isinstance(none.body, NoBody)
@@ -309,7 +319,7 @@ def test_timellm_prompt_states_the_statistics_of_the_normalized_history(dirs):
     with pytest.raises(ConfigError, match="neighbors"):
         make("timellm", dirs["tiny-gpt2"], template="spatial")
     assert make("timellm", dirs["tiny-gpt2"], prompt=False).prefix is None
-    assert make("timellm", dirs["tiny-gpt2"], backbone_mode="none").prefix is None
+    assert make("timellm", dirs["tiny-gpt2"], backbone={"mode": "none"}).prefix is None
 
 
 @pytest.mark.parametrize("family", ["tiny-gpt2", "tiny-llama", "tiny-bert"])
@@ -371,14 +381,20 @@ def test_the_engine_trains_adapters_without_touching_frozen_weights(dirs, adapte
     moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert moved == trainable(model)
     assert metrics["model"] == adapter and np.isfinite(metrics["val"]["avg"]["rmse"])
-    saved = load_weights(tmp_path / "run" / "model.safetensors")  # every tensor once, reloadable
+    # the run keeps what trained and what is not re-read from the backbone's source
+    saved = load_weights(tmp_path / "run" / "model.safetensors")
     state = model.state_dict()
-    assert set(saved) == set(state) and all(torch.equal(saved[k], state[k]) for k in state)
+    assert set(saved) == set(trained_keys(model))
+    assert all(torch.equal(saved[k], state[k]) for k in saved)
+    frozen_backbone = {n for n, p in model.named_parameters() if n.startswith("body.model.")}
+    frozen_backbone -= trainable(model)
+    assert frozen_backbone and not frozen_backbone & set(saved)
 
 
 def test_reduced_precision_backbone_inside_an_adapter(dirs):
-    cached = make("timellm", dirs["tiny-llama"], dtype="bfloat16").eval()
-    plain = make("timellm", dirs["tiny-llama"], dtype="bfloat16", prompt_cache=False).eval()
+    half = {"dtype": "bfloat16"}
+    cached = make("timellm", dirs["tiny-llama"], backbone=half).eval()
+    plain = make("timellm", dirs["tiny-llama"], backbone=half, prompt_cache=False).eval()
     body = {p.dtype for n, p in cached.named_parameters() if n.startswith("body.")}
     own = {p.dtype for n, p in cached.named_parameters() if not n.startswith("body.")}
     assert (body, own) == ({torch.bfloat16}, {torch.float32})
@@ -387,7 +403,7 @@ def test_reduced_precision_backbone_inside_an_adapter(dirs):
         first, second, reference = cached(batch), cached(batch), plain(batch)
     assert first.dtype == torch.float32  # bf16 prefixes cached as float32 come back exactly
     assert torch.equal(first, second) and torch.equal(first, reference)
-    model = make("gpt4ts", dirs["tiny-llama"], dtype="bfloat16")
+    model = make("gpt4ts", dirs["tiny-llama"], backbone=half)
     model(batch).square().mean().backward()
     assert all(
         p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad

@@ -10,12 +10,13 @@ import torch
 from torch import nn
 from transformers import GPT2Config, GPT2Model
 
-from llm_st.alignment.text_encoder import EmbeddingCache
 from llm_st.backbones import tiny_model_dir
-from llm_st.backbones.ablations import AttentionBody, NoBody, build_body
+from llm_st.backbones.ablations import AttentionBody, NoBody
 from llm_st.backbones.cache import PrefixEmbedder
 from llm_st.backbones.frozen import FrozenBackbone, load_backbone, load_word_embeddings
 from llm_st.backbones.hub import load_tokenizer
+from llm_st.backbones.spec import BackboneSpec
+from llm_st.backbones.text_encoder import EmbeddingCache
 from llm_st.engine.accel import param_groups
 from llm_st.errors import ConfigError, DataError, ModelLoadError
 
@@ -213,7 +214,7 @@ def test_more_tokens_than_position_embeddings_is_a_data_error(dirs):
 
 def test_offline_hub_id_is_a_model_load_error_with_the_download_hint(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    for load in (load_backbone, lambda name: build_body("llm2attn", name)):
+    for load in (load_backbone, lambda name: BackboneSpec(name, mode="llm2attn").build()):
         with pytest.raises(ModelLoadError) as info:
             load("some-org/no-such-model")
         assert "hf download some-org/no-such-model --local-dir" in str(info.value)
@@ -240,10 +241,10 @@ def test_checkpoints_without_the_kept_weights_and_unknown_families_are_refused(t
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_ablation_bodies(dirs, name):
-    pretrained = build_body("pretrained", dirs[name], freeze="layernorm")
-    random = build_body("random_init", dirs[name], freeze="layernorm")
-    attention = build_body("llm2attn", dirs[name])
-    none = build_body("none", dirs[name])
+    pretrained = BackboneSpec(dirs[name], freeze="layernorm").build()
+    random = BackboneSpec(dirs[name], mode="random_init", freeze="layernorm").build()
+    attention = BackboneSpec(dirs[name], mode="llm2attn").build()
+    none = BackboneSpec(dirs[name], mode="none").build()
     assert isinstance(pretrained, FrozenBackbone) and pretrained.pretrained
     assert isinstance(random, FrozenBackbone) and not random.pretrained
     # random_init: same names, shapes and freezing, other values (every weight matrix differs)
@@ -256,7 +257,7 @@ def test_ablation_bodies(dirs, name):
     )
     assert torch.equal(
         random.state_dict()[matrices[0]],
-        build_body("random_init", dirs[name]).state_dict()[matrices[0]],
+        BackboneSpec(dirs[name], mode="random_init").build().state_dict()[matrices[0]],
     )  # seeded
     # llm2attn: exactly one attention layer and its LayerNorm, trainable, at width 64
     assert isinstance(attention, AttentionBody)
@@ -275,8 +276,8 @@ def test_ablation_bodies(dirs, name):
     changed = x.clone()
     changed[:, 0] += 10.0  # a masked key/value does not reach the other tokens
     torch.testing.assert_close(attention(changed, mask)[:, 1:], out[:, 1:])
-    with pytest.raises(ConfigError, match="backbone_mode 'lora'"):
-        build_body("lora", dirs[name])
+    with pytest.raises(ConfigError, match="unknown backbone.mode='lora'"):
+        BackboneSpec(dirs[name], mode="lora")
 
 
 def test_optimizer_groups_of_the_engine_hold_only_trainable_backbone_parameters(dirs):

@@ -15,16 +15,15 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from llm_st.backbones import tiny_model_dir
-from llm_st.backbones.frozen import FrozenBackbone, load_backbone
+from llm_st.backbones.families import FAMILIES as LAYOUTS
+from llm_st.backbones.frozen import FrozenBackbone, load_backbone, merge_lora
 from llm_st.backbones.lora import (
     ADAPTER_WEIGHTS,
-    AUTO_TARGETS,
     LoraSettings,
     is_lora_parameter,
     load_lora,
     lora_settings,
     lora_targets,
-    merge_lora,
     quantization_config,
     save_lora,
     weight_memory,
@@ -34,6 +33,7 @@ from llm_st.engine import count_parameters, load_weights, train
 from llm_st.errors import ConfigError, ModelLoadError
 from llm_st.models.base import DataInfo
 from llm_st.models.registry import build_model
+from llm_st.pipeline import ForecastPipeline
 
 pytest_plugins = ["conftest_prompt"]  # tiny_cache: the session's tiny-model directory
 
@@ -109,15 +109,17 @@ def test_lora_trains_only_its_weights_and_counts_r_times_in_plus_out(dirs, famil
     model = build_model(
         "gpt4ts",
         INFO,
-        backbone=dirs[family],
-        num_layers=2,
+        backbone={
+            "source": dirs[family],
+            "num_layers": 2,
+            "freeze": "lora",
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+        },
         patch_len=4,
         stride=2,
-        freeze="lora",
-        lora={"r": 4, "alpha": 8, "dropout": 0.0},
     )
     plain = load_backbone(dirs[family])
-    expected = expected_lora_count(plain, AUTO_TARGETS[FAMILIES[family]], r=4)
+    expected = expected_lora_count(plain, LAYOUTS[FAMILIES[family]].lora_targets, r=4)
     assert expected == BY_HAND[family]
     lora = {f"body.{n}" for n in lora_names(model.body)}
     assert trainable(model) == GPT4TS_OWN | lora
@@ -164,9 +166,8 @@ def test_lora_trains_only_its_weights_and_counts_r_times_in_plus_out(dirs, famil
     ],
 )
 def test_every_adapter_passes_its_lora_settings_to_the_backbone(dirs, adapter, hparams, family):
-    model = build_model(
-        adapter, INFO, backbone=dirs[family], num_layers=2, freeze="qlora", lora={"r": 2}, **hparams
-    )
+    backbone = {"source": dirs[family], "num_layers": 2, "freeze": "qlora", "lora": {"r": 2}}
+    model = build_model(adapter, INFO, backbone=backbone, **hparams)
     assert model.body.has_lora and model.body.model.peft_config["default"].r == 2
     assert count_parameters(model.body)["trainable"] == BY_HAND[family] // 2  # r = 2, not 4
     batch = {**make_batch(0, batch=2), "x_time": torch.rand(2, INFO.history, 2)}
@@ -409,23 +410,19 @@ def test_adapter_weights_round_trip_exactly_as_safetensors(dirs, policy, tmp_pat
 
 
 def test_adapter_of_a_forecaster_saves_its_one_backbone(dirs, tmp_path):
+    backbone = {"source": dirs["tiny-gpt2"], "num_layers": 2}
     model = build_model(
         "gpt4ts",
         INFO,
-        backbone=dirs["tiny-gpt2"],
-        num_layers=2,
+        backbone={**backbone, "freeze": "lora", "lora": {"r": 2}},
         patch_len=4,
         stride=2,
-        freeze="lora",
-        lora={"r": 2},
     )
     save_lora(model, tmp_path)
     assert len(load_file(str(tmp_path / ADAPTER_WEIGHTS))) == 12  # A, B of 6 layers
     with pytest.raises(ConfigError, match="0 LoRA backbones"):
         save_lora(
-            build_model(
-                "gpt4ts", INFO, backbone=dirs["tiny-gpt2"], num_layers=2, patch_len=4, stride=2
-            ),
+            build_model("gpt4ts", INFO, backbone=backbone, patch_len=4, stride=2),
             tmp_path / "none",
         )
 
@@ -463,7 +460,7 @@ def test_targets_are_linear_layers_of_the_blocks(dirs, family, targets, count):
         ("qlora", {"quantize": "3bit"}, "unknown lora.quantize"),
         ("qlora", {"quantize": "8bit", "compute_dtype": "bfloat16"}, "applies to 4-bit"),
         ("lora", {"target_modules": []}, "target_modules"),
-        ("layernorm", {}, "does not use LoRA"),
+        ("layernorm", {}, "policy 'layernorm' does not use LoRA"),
     ],
 )
 def test_contradictory_settings_are_refused(policy, params, match):
@@ -473,6 +470,7 @@ def test_contradictory_settings_are_refused(policy, params, match):
 
 def test_settings_defaults_and_quantization_config():
     assert lora_settings("lora").quantize == "none"
+    assert lora_settings("attention") is None  # a policy without LoRA has no settings
     settings = lora_settings("qlora", {"compute_dtype": "bfloat16"})
     assert (settings.r, settings.alpha, settings.dropout) == (8, 16, 0.05)
     assert settings.quantize == "4bit"
@@ -483,10 +481,10 @@ def test_settings_defaults_and_quantization_config():
     assert quantization_config(lora_settings("qlora", {"quantize": "8bit"})).load_in_8bit
 
 
-def test_unknown_target_names_and_ignored_settings(dirs):
+def test_unknown_target_names_and_settings_without_lora(dirs):
     with pytest.raises(ConfigError, match=r"\['q_prj'\].*q_proj"):
         load_backbone(dirs["tiny-llama"], freeze="lora", lora={"target_modules": ["q_prj"]})
-    with pytest.warns(UserWarning, match="ignored"):
+    with pytest.raises(ConfigError, match="'layernorm' does not use LoRA"):
         load_backbone(dirs["tiny-llama"], freeze="layernorm", lora={"r": 4})
     with pytest.raises(ConfigError, match="loaded without"):
         load_backbone(dirs["tiny-llama"]).freeze("lora")
@@ -518,8 +516,14 @@ def test_qlora_recipe_trains_through_the_engine(tiny_cache, tmp_path, monkeypatc
     assert (
         metrics["params"]["trainable"] == 4 * 64 + 64 + 6 * 64 * 12 + 12 + 2 * BY_HAND["tiny-llama"]
     )
+    # the run holds the trained layers and the LoRA adapter, not the packed 4-bit backbone
     saved = load_weights(tmp_path / "run" / "model.safetensors")
-    packed = saved["body.model.base_model.model.layers.0.self_attn.q_proj.base_layer.weight"]
-    assert packed.dtype == torch.uint8 and packed.numel() == 64 * 64 // 2
+    assert not any("base_layer" in k or "lora_" in k for k in saved)
+    assert {k.split(".")[0] for k in saved} == {"patch_embedding", "head"}
+    adapter = load_weights(tmp_path / "run" / "adapter" / "adapter_model.safetensors")
+    assert sum(v.numel() for v in adapter.values()) == 2 * BY_HAND["tiny-llama"]
+    reloaded = ForecastPipeline.from_run(tmp_path / "run", device="cpu").model
+    packed = reloaded.body.hf_model.layers[0].self_attn.q_proj.base_layer.weight
     reference = load_backbone("tiny-llama", freeze="qlora")
+    assert packed.dtype == torch.uint8 and packed.numel() == 64 * 64 // 2
     assert torch.equal(packed, reference.hf_model.layers[0].self_attn.q_proj.base_layer.weight)

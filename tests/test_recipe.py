@@ -198,3 +198,27 @@ def test_example_recipes_load(model):
     assert recipe.model.name == model and recipe.data.spec == "synthetic-traffic"
     data = recipe.data
     assert (data.history, data.horizon, data.ratios) == (12, 12, [0.7, 0.1, 0.2])
+
+
+def test_backbone_block_is_its_own_key_and_takes_overrides(tmp_path):
+    raw = with_change("model", name="gpt4ts", params={"patch_len": 4})
+    raw["model"]["backbone"] = {"source": "tiny-gpt2", "lora": {"r": 8}}
+    recipe = recipe_from_dict(raw, ["model.backbone.num_layers=1", "model.backbone.lora.alpha=32"])
+    assert recipe.model.backbone == {
+        "source": "tiny-gpt2",
+        "num_layers": 1,
+        "lora": {"r": 8, "alpha": 32},
+    }
+    assert recipe.model.params == {"patch_len": 4}
+    assert raw["model"]["backbone"] == {"source": "tiny-gpt2", "lora": {"r": 8}}  # untouched
+    # a block set from nothing, and the round trip through the resolved recipe
+    assert recipe_from_dict(BASE, ["model.backbone.source=minilm"]).model.backbone == {
+        "source": "minilm"
+    }
+    assert recipe_from_dict(BASE).model.backbone is None
+    save_recipe(recipe, tmp_path / "resolved.yaml")
+    assert load_recipe(tmp_path / "resolved.yaml") == recipe
+    with pytest.raises(ConfigError, match="model.params.backbone is set.*model.backbone"):
+        recipe_from_dict(with_change("model", params={"backbone": "tiny-gpt2"}))
+    with pytest.raises(ConfigError, match="model.backbone=.* is not a mapping"):
+        recipe_from_dict(BASE, ["model.backbone=tiny-gpt2"])

@@ -58,8 +58,11 @@ def test_standard_recipes_are_all_there():
 def test_recipe_loads_and_names_a_registered_model_and_known_data(path):
     recipe = load_recipe(path)
     cls = get_model_class(recipe.model.name)
-    # the hyper-parameters are arguments of the constructor (besides info)
-    inspect.signature(cls).bind(None, **recipe.model.params)
+    # the hyper-parameters are arguments of the constructor (besides info); a backbone block
+    # belongs to a method built on a pretrained backbone
+    backbone = {} if recipe.model.backbone is None else {"backbone": recipe.model.backbone}
+    assert bool(backbone) == (cls.default_backbone is not None)
+    inspect.signature(cls).bind(None, **recipe.model.params, **backbone)
     spec = recipe.data.spec.split(":")[0].lower()
     assert spec in KNOWN
     assert path.parent.parent.name == recipe.model.name

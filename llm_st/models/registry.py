@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from llm_st.backbones.spec import BackboneSpec
 from llm_st.errors import ConfigError
 from llm_st.models.base import DataInfo, STModel
 
@@ -47,11 +48,44 @@ def get_model_class(name: str) -> type[STModel]:
     return _REGISTRY[key]
 
 
-def build_model(name: str, info: DataInfo, **hparams: Any) -> STModel:
-    """Instantiate method ``name`` for ``info``; unknown hyper-parameters are an error."""
+def build_model(
+    name: str,
+    info: DataInfo,
+    backbone: BackboneSpec | Mapping[str, Any] | str | None = None,
+    **params: Any,
+) -> STModel:
+    """Instantiate method ``name`` for ``info``; unknown hyper-parameters are an error.
+
+    Parameters
+    ----------
+    name
+        Registry name of the method.
+    info
+        The data facts the method is built for.
+    backbone
+        The pretrained backbone (a recipe's ``model.backbone`` block), passed as the
+        method's ``backbone`` argument; None: the method's default, if it has one.
+    **params
+        The method's other arguments (a recipe's ``model.params``).
+
+    Raises
+    ------
+    ConfigError
+        An unknown method, a backbone for a method without one, or arguments the method
+        does not take or refuses.
+    """
     cls = get_model_class(name)
+    if backbone is not None:
+        if cls.default_backbone is None:
+            takers = [m for m in list_models() if get_model_class(m).default_backbone is not None]
+            raise ConfigError(
+                f"model {name!r} is not built on a pretrained backbone, but a backbone is "
+                "given (model.backbone)",
+                f"drop the backbone block, or use a method that has one ({', '.join(takers)})",
+            )
+        params["backbone"] = backbone
     try:
-        return cls(info, **hparams)
+        return cls(info, **params)
     except TypeError as exc:
         raise ConfigError(
             f"model {name!r}: {exc}",

@@ -27,20 +27,22 @@ not also fed to the token embedding as extra input channels (they are in the tem
 embedding); ``C > 1`` channels are forecast jointly by the head instead of one.
 
 Trainable by default: token/node/time embeddings, fusion, head, and the backbone's
-norms, position embeddings and last-``U`` attention. ``backbone_mode`` selects Tan et
-al.'s ablations (:mod:`llm_st.backbones.ablations`).
+norms, position embeddings and last-``U`` attention. The backbone's ``mode`` selects Tan
+et al.'s ablations (:mod:`llm_st.backbones.ablations`).
 
 Shapes: ``forward``: ``x [B, L, N, C]``, ``x_time [B, L, 2]`` -> ``[B, H, N, C]`` (scaled).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from llm_st.backbones.ablations import build_body
+from llm_st.backbones.ablations import BACKBONE_MODES
+from llm_st.backbones.spec import BackboneSpec
 from llm_st.errors import ConfigError, DataError
 from llm_st.models.base import DataInfo, STModel
 from llm_st.models.registry import register_model
@@ -53,62 +55,44 @@ class STLLM(STModel):
     Parameters
     ----------
     info : DataInfo
-    backbone : str
-        Tiny name, local model directory or hub id (GPT-2 in the paper; LLaMA- and
-        BERT-family models work the same way).
-    num_layers : int or None
-        Blocks kept (6); None keeps all.
-    backbone_mode : {"pretrained", "random_init", "llm2attn", "none"}
-        The LLM or one of its ablations.
-    freeze : {"attention", "layernorm", "frozen", "lora", "qlora"}
-        Freezing policy of the backbone (``"attention"`` = partially frozen attention).
-    trainable_attention_blocks : int
-        ``U``: blocks at the end whose attention trains (1, the reference code's default).
+    backbone : BackboneSpec, mapping or str
+        The language model (:class:`~llm_st.backbones.spec.BackboneSpec`); fields not
+        given are :attr:`default_backbone`'s: the paper's GPT-2 with its first 6 blocks and
+        partially frozen attention (``freeze: attention`` with ``U = 1``, the reference
+        code's default). LLaMA- and BERT-family models work the same way.
     channels : int
         Width of each of the token, temporal and node embeddings (256).
     time_slots : int or None
         Rows of the time-of-day table; default the data's steps per day (1 when unknown:
         then only the day of week varies).
-    dtype : str or None
-        Precision of the backbone; trained layers stay float32.
-    seed : int
-        Seed of the random weights of the ``random_init`` / ``llm2attn`` bodies.
-    lora : dict or None
-        Settings of the ``"lora"`` / ``"qlora"`` policies, fields of
-        :class:`~llm_st.backbones.lora.LoraSettings` (``r``, ``alpha``, ``dropout``,
-        ``target_modules``, ``quantize``, ``compute_dtype``, ``gradient_checkpointing``).
     """
+
+    default_backbone = BackboneSpec(
+        source="openai-community/gpt2", num_layers=6, freeze="attention"
+    )
+    backbone_modes = BACKBONE_MODES
 
     def __init__(
         self,
         info: DataInfo,
-        backbone: str = "openai-community/gpt2",
-        num_layers: int | None = 6,
-        backbone_mode: str = "pretrained",
-        freeze: str = "attention",
-        trainable_attention_blocks: int = 1,
+        backbone: BackboneSpec | Mapping[str, Any] | str = default_backbone,
         channels: int = 256,
         time_slots: int | None = None,
-        dtype: str | None = None,
-        seed: int = 0,
-        lora: dict[str, Any] | None = None,
     ):
         super().__init__(info)
+        self.backbone = self.complete_backbone(backbone)
         slots = time_slots if time_slots is not None else (info.steps_per_day or 1)
         if slots < 1 or channels < 1:
             raise ConfigError(
                 f"time_slots={slots} and channels={channels} must be at least 1",
                 "use the steps per day of the data and e.g. 256 channels",
             )
-        self.body = build_body(
-            backbone_mode, backbone, num_layers, freeze, trainable_attention_blocks, dtype,
-            seed=seed, lora=lora,
-        )  # fmt: skip
+        self.body = self.backbone.build()
         limit = getattr(self.body, "max_positions", None)
         if limit is not None and info.num_nodes > limit:
             raise ConfigError(
                 f"{info.num_nodes} nodes are more node tokens than the {limit} positions of "
-                f"backbone {backbone!r}",
+                f"backbone {self.backbone.source!r}",
                 "use a backbone with more positions or a rotary one (LLaMA family)",
             )
         width = self.body.hidden_size

@@ -29,7 +29,7 @@ reads the fixed vocabulary matrix directly (no copy of it is kept); the prompt p
 a window depends only on its text, so its embeddings are computed once per distinct text
 (:class:`llm_st.backbones.cache.PrefixEmbedder`).
 
-Ablations (``backbone_mode``, :mod:`llm_st.backbones.ablations`) replace only the LLM's
+Ablations (the backbone's ``mode``, :mod:`llm_st.backbones.ablations`) replace only the LLM's
 blocks: ``"llm2attn"`` runs one attention layer over the same prefix + patch sequence,
 ``"none"`` passes the reprogrammed patches straight to the head (no prompt, since there
 is nothing to read it), ``"random_init"`` uses a randomly initialized model (whose random
@@ -45,16 +45,18 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from llm_st.backbones.ablations import NoBody, build_body
+from llm_st.backbones.ablations import BACKBONE_MODES, NoBody
 from llm_st.backbones.cache import PrefixEmbedder
 from llm_st.backbones.frozen import FrozenBackbone, load_word_embeddings
 from llm_st.backbones.hub import load_tokenizer
+from llm_st.backbones.spec import BackboneSpec
 from llm_st.errors import ConfigError
 from llm_st.models.base import DataInfo, STModel
 from llm_st.models.registry import register_model
@@ -145,17 +147,10 @@ class TimeLLM(STModel):
     Parameters
     ----------
     info : DataInfo
-    backbone : str
-        Tiny name, local model directory or hub id (LLaMA-7B in the paper; GPT-2 and
-        BERT work the same way).
-    num_layers : int or None
-        Blocks kept; None keeps all (the paper's LLaMA-7B runs keep all 32).
-    backbone_mode : {"pretrained", "random_init", "llm2attn", "none"}
-        The LLM or one of its ablations.
-    freeze : {"frozen", "layernorm", "attention", "lora", "qlora"}
-        Freezing policy of the backbone (``"frozen"`` = paper).
-    trainable_attention_blocks : int
-        ``U`` of the ``"attention"`` policy.
+    backbone : BackboneSpec, mapping or str
+        The language model (:class:`~llm_st.backbones.spec.BackboneSpec`); fields not
+        given are :attr:`default_backbone`'s: the paper's LLaMA-7B with all its blocks
+        (the paper's runs keep all 32), fully frozen. GPT-2 and BERT work the same way.
     patch_len, stride : int
         Patch length and step (16 and 8).
     d_model : int
@@ -181,24 +176,15 @@ class TimeLLM(STModel):
         Embed each distinct prefix text once (see :class:`PrefixEmbedder`).
     prompt_cache_mb : float
         Most megabytes the prefix cache holds.
-    dtype : str or None
-        Precision of the backbone (``"bfloat16"`` for a 7B model); trained layers stay float32.
-    seed : int
-        Seed of the random weights of the ``random_init`` / ``llm2attn`` bodies.
-    lora : dict or None
-        Settings of the ``"lora"`` / ``"qlora"`` policies, fields of
-        :class:`~llm_st.backbones.lora.LoraSettings` (``r``, ``alpha``, ``dropout``,
-        ``target_modules``, ``quantize``, ``compute_dtype``, ``gradient_checkpointing``).
     """
+
+    default_backbone = BackboneSpec(source="huggyllama/llama-7b")
+    backbone_modes = BACKBONE_MODES
 
     def __init__(
         self,
         info: DataInfo,
-        backbone: str = "huggyllama/llama-7b",
-        num_layers: int | None = None,
-        backbone_mode: str = "pretrained",
-        freeze: str = "frozen",
-        trainable_attention_blocks: int = 1,
+        backbone: BackboneSpec | Mapping[str, Any] | str = default_backbone,
         patch_len: int = 16,
         stride: int = 8,
         d_model: int = 16,
@@ -212,15 +198,10 @@ class TimeLLM(STModel):
         max_prompt_tokens: int = 512,
         prompt_cache: bool = True,
         prompt_cache_mb: float = 1024.0,
-        dtype: str | None = None,
-        seed: int = 0,
-        lora: dict[str, Any] | None = None,
     ):
         super().__init__(info)
-        self.body = build_body(
-            backbone_mode, backbone, num_layers, freeze, trainable_attention_blocks, dtype,
-            seed=seed, lora=lora,
-        )  # fmt: skip
+        spec = self.backbone = self.complete_backbone(backbone)
+        self.body = spec.build()
         width = self.body.hidden_size
         if not 1 <= d_ff <= width:
             raise ConfigError(
@@ -229,7 +210,9 @@ class TimeLLM(STModel):
             )
         if not isinstance(self.body, FrozenBackbone):
             # the ablations drop the blocks but keep the pretrained vocabulary for prototypes
-            vocabulary = load_word_embeddings(backbone, dtype=dtype)
+            vocabulary = load_word_embeddings(
+                spec.source, dtype=spec.dtype, trust_remote_code=spec.trust_remote_code
+            )
             self.register_buffer("vocabulary", vocabulary, persistent=False)
         self.patch_len, self.stride, self.d_ff = patch_len, stride, d_ff
         self.num_patches = num_patches(info.history, patch_len, stride, "replicate")
@@ -251,11 +234,11 @@ class TimeLLM(STModel):
         self.description = description or info.description or info.name
         self.prefix = (
             PrefixEmbedder(
-                load_tokenizer(backbone),
+                load_tokenizer(spec.source, spec.trust_remote_code),
                 max_prompt_tokens,
                 prompt_cache,
                 prompt_cache_mb,
-                cache_id=f"{backbone}|{backbone_mode}",
+                cache_id=f"{spec.source}|{spec.mode}",
             )
             if prompt and not isinstance(self.body, NoBody)
             else None

@@ -20,20 +20,23 @@ Time Series Forecasters". Each (node, channel) series is handled on its own
 Shapes: ``batch["x"]`` ``[B, L, N, C]`` (scaled) -> ``[B, H, N, C]`` (scaled); the MAE
 sees ``B * N * C`` images ``[3, S, S]``, in chunks of ``image_batch_size``.
 
-Backbones: a local directory of a pretrained ``ViTMAEForPreTraining`` with its decoder,
-e.g. ``facebook/vit-mae-base`` (converted from MAE's "visualize" checkpoint, trained
-without ``norm_pix_loss``: the weights VisionTS uses) downloaded with
-``hf download facebook/vit-mae-base --local-dir DIR``; a hub id, which
-loads from the local Hugging Face cache or the hub; or ``"tiny-vit-mae"``, a tiny
+Backbones (the ``source`` of the backbone spec, resolved as every backbone is, by
+:func:`llm_st.backbones.hub.resolve_source`): a local directory of a pretrained
+``ViTMAEForPreTraining`` with its decoder, e.g. ``facebook/vit-mae-base`` (converted from
+MAE's "visualize" checkpoint, trained without ``norm_pix_loss``: the weights VisionTS
+uses) downloaded with ``hf download facebook/vit-mae-base --local-dir DIR``; a hub id,
+which loads from the local Hugging Face cache or the hub; or ``"tiny-vit-mae"``, a tiny
 random MAE for tests. Images are rendered at the model's own ``image_size``, so the
 position embeddings are used as trained (no ``interpolate_pos_encoding``). Checkpoints
 trained with ``norm_pix_loss`` are refused: their decoder predicts each patch's pixels
 normalized by that patch's own mean and variance, which for a masked patch are
 unknown, so the level and scale of the forecast cannot be recovered.
 
-Fine-tuning (``tune="layernorm"``) trains only the weights and biases of the
-LayerNorms of encoder and decoder, as VisionTS's ``finetune_type="ln"``; everything
-else stays frozen. ``tune="none"`` is the zero-shot model (no trainable parameters).
+Fine-tuning (the backbone's ``freeze: layernorm``) trains only the weights and biases of
+the LayerNorms of encoder and decoder, as VisionTS's ``finetune_type="ln"``; everything
+else stays frozen. ``freeze: frozen`` (the default) is the zero-shot model (no trainable
+parameters). The MAE is used whole and pretrained: no other policy, no truncation and no
+ablation mode applies to it.
 
 Grid data (``STData.from_grid``, nodes = cells) are forecast cell by cell like any
 other nodes. Feeding the grid *frames* to the MAE as images is not implemented
@@ -49,6 +52,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -56,8 +60,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from llm_st.backbones.frozen import read_config
+from llm_st.backbones.hub import _dtype, _offline, resolve_source
+from llm_st.backbones.spec import BackboneSpec
 from llm_st.backbones.tiny import tiny_mae_config as tiny_mae_config  # re-exported
-from llm_st.backbones.tiny import tiny_model_dir
 from llm_st.data.container import STData
 from llm_st.errors import ConfigError, ModelLoadError
 from llm_st.models.base import DataInfo, STModel
@@ -80,9 +86,9 @@ if TYPE_CHECKING:  # transformers is imported when a model is built, not when th
 
 logger = logging.getLogger("llm_st")
 
-TINY_BACKBONE = "tiny-vit-mae"
-DEFAULT_BACKBONE = "facebook/vit-mae-base"
-TUNE_MODES = ("none", "layernorm")
+DEFAULT_MAE = "facebook/vit-mae-base"
+FREEZE_POLICIES = ("frozen", "layernorm")
+"""The backbone policies VisionTS takes: zero-shot, or its LayerNorms tuned."""
 
 
 def _pixel_stats(directory: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -95,20 +101,22 @@ def _pixel_stats(directory: Path) -> tuple[tuple[float, ...], tuple[float, ...]]
     return tuple(mean), tuple(std)
 
 
-def _looks_like_path(backbone: str) -> bool:
-    return backbone.startswith(("/", ".", "~")) or backbone.count("/") > 1
-
-
-def load_mae(backbone: str) -> tuple[ViTMAEForPreTraining, tuple[float, ...], tuple[float, ...]]:
+def load_mae(
+    backbone: str | Path, dtype: str | None = None, trust_remote_code: bool = False
+) -> tuple[ViTMAEForPreTraining, tuple[float, ...], tuple[float, ...]]:
     """Load a ViT-MAE with its decoder and the pixel mean / std its inputs are normalized with.
 
     Parameters
     ----------
-    backbone : str
-        ``"tiny-vit-mae"`` (random weights from :func:`tiny_mae_config`, seed 0, saved once
-        by :func:`llm_st.backbones.tiny.tiny_model_dir`), a local
-        directory written by ``save_pretrained`` / ``hf download``, or a hub
-        id (from the local cache when offline).
+    backbone : str or Path
+        ``"tiny-vit-mae"`` (random weights from :func:`tiny_mae_config`, seed 0, built once
+        into the tiny-model cache), a local directory written by ``save_pretrained`` /
+        ``hf download``, or a hub id (from the local cache when offline), resolved by
+        :func:`~llm_st.backbones.hub.resolve_source`.
+    dtype : str or None
+        Precision of the weights (``"bfloat16"``, ...; None: the checkpoint's).
+    trust_remote_code : bool
+        Run model code shipped with a hub repository.
 
     Raises
     ------
@@ -116,57 +124,53 @@ def load_mae(backbone: str) -> tuple[ViTMAEForPreTraining, tuple[float, ...], tu
         The directory is missing, is not a ViT-MAE, lacks the decoder weights, was
         trained with ``norm_pix_loss``, or the hub id cannot be fetched.
     """
-    from transformers import AutoConfig, ViTMAEForPreTraining
+    from transformers import ViTMAEForPreTraining
 
-    # the tiny MAE is built once into the tiny-model cache and loaded like any directory
-    local = tiny_model_dir(backbone) if backbone == TINY_BACKBONE else Path(backbone).expanduser()
-    if not local.exists() and _looks_like_path(backbone):
-        raise ModelLoadError(
-            f"no MAE directory at {backbone!r}",
-            "pass the directory holding config.json and the weights of a ViTMAEForPreTraining",
-        )
-    source = str(local) if local.exists() else backbone
-    try:
-        config = AutoConfig.from_pretrained(source)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        fix = (
-            "the directory needs the config.json and weights that save_pretrained writes"
-            if local.exists()
-            else f"download it where the hub is reachable (hf download "
-            f"{backbone} --local-dir DIR) and pass backbone=DIR"
-        )
-        raise ModelLoadError(f"cannot load the MAE {backbone!r} ({first})", fix) from exc
+    name = str(backbone)
+    config = read_config(backbone, trust_remote_code)
     if config.model_type != "vit_mae":
         raise ModelLoadError(
-            f"{backbone!r} is a {config.model_type!r} model, not a ViT-MAE",
-            f"pass a ViTMAEForPreTraining checkpoint such as {DEFAULT_BACKBONE}",
+            f"{name!r} is a {config.model_type!r} model, not a ViT-MAE",
+            f"pass a ViTMAEForPreTraining checkpoint such as {DEFAULT_MAE}",
         )
-    model, info = ViTMAEForPreTraining.from_pretrained(source, output_loading_info=True)
+    source, local = resolve_source(backbone)
+    try:
+        model, info = ViTMAEForPreTraining.from_pretrained(
+            source,
+            local_files_only=local or _offline(),
+            output_loading_info=True,
+            dtype=_dtype(dtype),
+            trust_remote_code=trust_remote_code,
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"cannot load the MAE weights of {name!r} ({' '.join(str(exc).split())[:200]})",
+            "pass a directory holding the config.json and weights that save_pretrained writes",
+        ) from exc
     missing = [k for k in info["missing_keys"] if k.startswith("decoder.")]
     if missing:
         raise ModelLoadError(
-            f"{backbone!r} has no MAE decoder weights ({len(missing)} missing, e.g. {missing[0]})",
+            f"{name!r} has no MAE decoder weights ({len(missing)} missing, e.g. {missing[0]})",
             "VisionTS reconstructs pixels with the pretraining decoder: save or download "
-            f"the full ViTMAEForPreTraining (e.g. {DEFAULT_BACKBONE}), not a ViTMAEModel",
+            f"the full ViTMAEForPreTraining (e.g. {DEFAULT_MAE}), not a ViTMAEModel",
         )
-    mean, std = _pixel_stats(local) if local.is_dir() else (IMAGENET_MEAN, IMAGENET_STD)
+    mean, std = _pixel_stats(Path(source)) if local else (IMAGENET_MEAN, IMAGENET_STD)
     config = model.config
     if config.norm_pix_loss:
         raise ModelLoadError(
-            f"{backbone!r} was trained with norm_pix_loss: it predicts each masked patch "
+            f"{name!r} was trained with norm_pix_loss: it predicts each masked patch "
             "normalized by that patch's unknown mean and variance, so no forecast level "
             "can be read from it",
-            f"use a checkpoint trained on raw pixels, such as {DEFAULT_BACKBONE}",
+            f"use a checkpoint trained on raw pixels, such as {DEFAULT_MAE}",
         )
     if isinstance(config.image_size, (list, tuple)) and len(set(config.image_size)) > 1:
         raise ModelLoadError(
-            f"{backbone!r} takes non-square images {config.image_size}",
+            f"{name!r} takes non-square images {config.image_size}",
             "use a square ViT-MAE (VisionTS renders square images)",
         )
     if len(mean) != config.num_channels or len(std) != config.num_channels:
         raise ModelLoadError(
-            f"{backbone!r} has {config.num_channels} image channels but {len(mean)} pixel means",
+            f"{name!r} has {config.num_channels} image channels but {len(mean)} pixel means",
             "give the directory a preprocessor_config.json with one image_mean/image_std "
             "per channel",
         )
@@ -180,17 +184,19 @@ class VisionTS(STModel):
     Parameters
     ----------
     info : DataInfo
-    backbone : str
-        Local directory of a ``ViTMAEForPreTraining``, a hub id, or ``"tiny-vit-mae"``
-        (see :func:`load_mae`). Default ``facebook/vit-mae-base``.
+    backbone : BackboneSpec, mapping or str
+        The MAE (:class:`~llm_st.backbones.spec.BackboneSpec`; fields not given are
+        :attr:`default_backbone`'s): ``source`` a local directory of a
+        ``ViTMAEForPreTraining``, a hub id or ``"tiny-vit-mae"`` (see :func:`load_mae`;
+        default ``facebook/vit-mae-base``); ``freeze`` ``"frozen"`` (zero-shot, nothing
+        trainable, the default) or ``"layernorm"`` (only the LayerNorm weights and biases
+        of the MAE train: VisionTS's fine-tuning); ``dtype`` and ``trust_remote_code`` as
+        for every backbone. The MAE is used whole (no ``num_layers``), pretrained.
     period : int, "auto" or None
         Fold period ``P`` in steps. ``None``: the daily period of the data when the
         history holds at least two days, else 1 (no folding; the series is one image
         row). ``"auto"``: detected from the training split by :func:`find_period` in
         :meth:`fit_data` among ``2..history // 2``.
-    tune : {"none", "layernorm"}
-        ``"none"``: zero-shot, nothing trainable. ``"layernorm"``: only the LayerNorm
-        weights and biases of the MAE are trainable (VisionTS's fine-tuning).
     norm_const : float
         The normalized history is ``norm_const`` times its z-score (VisionTS: 0.4).
     align_const : float
@@ -202,20 +208,27 @@ class VisionTS(STModel):
         Images per MAE call (``B * N * C`` images per batch are split into chunks).
     """
 
+    default_backbone = BackboneSpec(source=DEFAULT_MAE)
+    backbone_modes = ("pretrained",)
+
     def __init__(
         self,
         info: DataInfo,
-        backbone: str = DEFAULT_BACKBONE,
+        backbone: BackboneSpec | Mapping[str, Any] | str = default_backbone,
         period: int | Literal["auto"] | None = None,
-        tune: Literal["none", "layernorm"] = "none",
         norm_const: float = 0.4,
         align_const: float = 0.4,
         interpolation: Interpolation = "bilinear",
         image_batch_size: int = 512,
     ):
         super().__init__(info)
-        if tune not in TUNE_MODES:
-            raise ConfigError(f"unknown tune mode {tune!r}", f"use one of {TUNE_MODES}")
+        spec = self.backbone = self.complete_backbone(backbone)
+        if spec.freeze not in FREEZE_POLICIES or spec.num_layers is not None:
+            raise ConfigError(
+                f"VisionTS uses its MAE whole with freeze frozen or layernorm, not "
+                f"num_layers={spec.num_layers}, freeze={spec.freeze!r}",
+                "set backbone.freeze to frozen (zero-shot) or layernorm, num_layers to null",
+            )
         if norm_const <= 0:
             raise ConfigError(f"norm_const must be positive, got {norm_const}", "VisionTS uses 0.4")
         if image_batch_size < 1:
@@ -234,13 +247,15 @@ class VisionTS(STModel):
                 f"({info.history})",
                 "give a period the history holds at least once",
             )
-        self.tune, self.norm_const, self.align_const = tune, float(norm_const), float(align_const)
+        self.norm_const, self.align_const = float(norm_const), float(align_const)
         self.interpolation, self.image_batch_size = interpolation, image_batch_size
-        self.learned = tune != "none"
+        self.learned = spec.freeze != "frozen"
 
-        self.mae, self.pixel_mean, self.pixel_std = load_mae(backbone)
+        self.mae, self.pixel_mean, self.pixel_std = load_mae(
+            spec.source, spec.dtype, spec.trust_remote_code
+        )
         self.mae.requires_grad_(False)
-        if tune == "layernorm":
+        if spec.freeze == "layernorm":
             for module in self.mae.modules():
                 if isinstance(module, nn.LayerNorm):
                     module.requires_grad_(True)
