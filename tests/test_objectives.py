@@ -147,6 +147,26 @@ def test_info_nce_matches_a_hand_computed_2x2_example():
     assert info_nce(z1, z2, tau).item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_info_nce_spreads_the_target_over_a_group():
+    z1 = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    z2 = torch.tensor([[2.0, 0.0], [0.6, 0.8]])  # cosines [[1, .6], [0, .8]]
+    tau = 0.5
+
+    def ce(logits, target):  # cross-entropy against the probabilities ``target``
+        log_z = math.log(sum(math.exp(v) for v in logits))
+        return -sum(t * (v - log_z) for t, v in zip(target, logits, strict=True))
+
+    # both pairs in one group (e.g. identical descriptions): each row's target is [1/2, 1/2]
+    half = [0.5, 0.5]
+    rows = ce([1 / tau, 0.6 / tau], half) + ce([0.0, 0.8 / tau], half)
+    cols = ce([1 / tau, 0.0], half) + ce([0.6 / tau, 0.8 / tau], half)
+    expected = (rows / 2 + cols / 2) / 2
+    assert info_nce(z1, z2, tau, torch.tensor([3, 3])).item() == pytest.approx(expected, rel=1e-6)
+    # one group per pair is the plain InfoNCE
+    plain = info_nce(z1, z2, tau).item()
+    assert info_nce(z1, z2, tau, torch.tensor([0, 1])).item() == pytest.approx(plain, rel=1e-6)
+
+
 def test_info_nce_prefers_matching_views():
     z = torch.randn(16, 8, generator=torch.Generator().manual_seed(0))
     perm = torch.roll(torch.arange(16), 1)
@@ -228,6 +248,20 @@ def test_contrastive_objective_trains_model_embedding_and_projection(pool):
     loss.backward()
     assert not grads_reach(objective)
     assert not (set(grads_reach(model)) - {"regression.weight", "regression.bias"})
+
+
+def test_contrastive_loss_is_the_shared_info_nce_of_the_two_views():
+    torch.manual_seed(0)
+    model = build_model("stid", INFO, series_dim=8, node_dim=8, tod_dim=8, dow_dim=8)
+    objective = build_objective("contrastive", INFO, model, proj_dim=16, temperature=0.2)
+    batch = make_batch(B=6)
+    torch.manual_seed(1)
+    loss, logs = objective.loss(model, batch)
+    torch.manual_seed(1)
+    z1 = objective.instances(model, objective.augment(batch))
+    z2 = objective.instances(model, objective.augment(batch))
+    torch.testing.assert_close(loss, info_nce(z1, z2, 0.2))
+    torch.testing.assert_close(logs["info_nce"], loss.detach())
 
 
 def test_contrastive_needs_an_embedding():

@@ -3,7 +3,7 @@
 A prompt prefix (Time-LLM's prompt-as-prefix) depends only on its text, and the word
 embeddings of a frozen backbone never change, so the embedded prefix of a text never
 changes either. :class:`PrefixEmbedder` tokenizes and embeds each distinct text once
-and keeps the result in an :class:`~llm_st.alignment.text_encoder.EmbeddingCache`
+and keeps the result in an :class:`~llm_st.backbones.text_encoder.EmbeddingCache`
 (keyed by the SHA-256 of the exact text; rows stored as float32 on the CPU): from the
 second epoch on, a window's prefix costs a dictionary look-up instead of tokenization.
 
@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from llm_st.alignment.text_encoder import EmbeddingCache
+from llm_st.backbones.text_encoder import EmbeddingCache
 from llm_st.errors import ConfigError
 
 logger = logging.getLogger("llm_st")

