@@ -35,7 +35,8 @@ def _print_json(obj: object) -> None:
 def _cmd_data_describe(args: argparse.Namespace) -> None:
     from llm_st.data import load
 
-    data = load(args.spec, data_dir=args.data_dir)
+    kwargs = {"format": args.format} if args.format else {}
+    data = load(args.spec, data_dir=args.data_dir, **kwargs)
     info = data.describe()
     if args.json:
         _print_json(info)
@@ -87,8 +88,12 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     describe.add_argument("spec", help="named dataset, synthetic name or file path")
     describe.add_argument("--json", action="store_true", help="print machine-readable JSON")
     describe.add_argument(
+        "--format", help="read a file in this format instead of detecting it (see list_formats())"
+    )
+    describe.add_argument(
         "--data-dir",
-        help="directory holding the named datasets (default: $LLM_ST_DATA, then ../shared/data)",
+        help="directory holding the named datasets "
+        "(default: $LLM_ST_DATA, then ~/.cache/llm-st/data)",
     )
     describe.set_defaults(func=_cmd_data_describe)
 
@@ -115,7 +120,7 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     from llm_st.demo import run_demo
 
-    run_demo(quick=args.quick, seed=args.seed, zero_shot_model=getattr(args, "model", None))
+    run_demo(quick=args.quick, seed=args.seed, zero_shot_model=args.model, out=args.out)
 
 
 def _add_demo_command(sub: argparse._SubParsersAction) -> None:
@@ -129,6 +134,9 @@ def _add_demo_command(sub: argparse._SubParsersAction) -> None:
     demo.add_argument(
         "--model",
         help="local directory of a causal LM for the zero-shot row (default: a tiny random model)",
+    )
+    demo.add_argument(
+        "--out", help="folder for the trained runs, table and forecast (default: runs/demo-<time>)"
     )
     demo.set_defaults(func=_cmd_demo)
 
@@ -202,7 +210,7 @@ def _cmd_prompt(args: argparse.Namespace) -> None:
 
 
 def _cmd_zero_shot(args: argparse.Namespace) -> None:
-    from llm_st.zeroshot import run_zero_shot
+    from llm_st.pipeline.zero_shot import run_zero_shot
 
     nodes = args.nodes.split(",") if args.nodes else None
     result = run_zero_shot(
@@ -222,6 +230,8 @@ def _cmd_zero_shot(args: argparse.Namespace) -> None:
         top_p=args.top_p,
         batch_size=args.batch_size,
         seed=args.seed,
+        device=args.device,
+        dtype=args.dtype,
     )
     avg = result["metrics"]["avg"]
     print(
@@ -275,6 +285,7 @@ def _add_prompt_commands(sub: argparse._SubParsersAction) -> None:
     zs.add_argument("--top-p", type=float, default=0.9)
     zs.add_argument("--batch-size", type=int, default=8, help="series per generate call")
     zs.add_argument("--seed", type=int, default=0)
+    _add_device_arguments(zs)
     zs.add_argument("--data-dir", help="directory holding the named datasets")
     zs.add_argument("--out", required=True, help="output directory")
     zs.add_argument("--overwrite", action="store_true", help="replace results already in --out")
@@ -283,7 +294,7 @@ def _add_prompt_commands(sub: argparse._SubParsersAction) -> None:
 
 # ----------------------------------------------------------------- align
 def _cmd_align(args: argparse.Namespace) -> None:
-    from llm_st.alignment import run_alignment
+    from llm_st.pipeline.align import run_alignment
 
     report, path = run_alignment(
         args.spec,
@@ -295,6 +306,7 @@ def _cmd_align(args: argparse.Namespace) -> None:
         seed=args.seed,
         out=args.out,
         data_dir=args.data_dir,
+        resume=args.resume,
     )
     print(report.format())
     if path is not None:
@@ -326,7 +338,146 @@ def _add_align_command(sub: argparse._SubParsersAction) -> None:
     align.add_argument("--seed", type=int, default=0)
     align.add_argument("--data-dir", help="directory holding the named datasets")
     align.add_argument("--out", help="directory for alignment.json and the text-embedding cache")
+    align.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     align.set_defaults(func=_cmd_align)
+
+
+# ----------------------------------------------------------------- predict and evaluate
+def _add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device", default="auto", help="auto (the GPU when there is one), cpu or cuda"
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        help="run the model in this precision (default: as trained / loaded)",
+    )
+
+
+def _pipeline(args: argparse.Namespace) -> object:
+    """The pipeline named by --run, --model or --method."""
+    from llm_st.pipeline import ForecastPipeline
+
+    if args.run:
+        return ForecastPipeline.from_run(
+            args.run, device=args.device, dtype=args.dtype, backbone=args.backbone
+        )
+    if args.model:
+        return ForecastPipeline.from_pretrained(
+            args.model, args.history, args.horizon, device=args.device, dtype=args.dtype
+        )
+    return ForecastPipeline.from_method(args.method, args.history, args.horizon)
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from llm_st.pipeline.forecast import check_output, write_forecast
+
+    out = check_output(args.out, args.overwrite)
+    pipeline = _pipeline(args)
+    at = [a for item in args.at for a in item.split(",") if a.strip()] or None
+    at = None if at is None else [int(a) if a.lstrip("-").isdigit() else a for a in at]
+    forecast = pipeline.predict(args.data, at=at, data_dir=args.data_dir)
+    write_forecast(forecast, out, overwrite=args.overwrite)
+    W, H, N, C = forecast.shape
+    print(
+        f"{pipeline.name}: {W} window(s) x {H} steps x {N} nodes x {C} channels, "
+        f"after {forecast.cutoffs[0]}{' ...' if W > 1 else ''} -> {out}"
+    )
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from llm_st.pipeline.evaluate import evaluate_pipeline, evaluate_run
+
+    if args.out and os.path.exists(args.out) and not args.overwrite:
+        raise LLMSTError(f"{args.out} already exists", "pass --overwrite or choose another --out")
+    if args.run:
+        result = evaluate_run(
+            args.run, args.data, args.part, args.fit_scaler, args.device, args.data_dir
+        )
+    else:
+        if args.data is None:
+            raise LLMSTError("--data is required with --model or --method", "name a dataset")
+        result, _ = evaluate_pipeline(
+            _pipeline(args), args.data, args.part, args.fit_scaler, data_dir=args.data_dir
+        )
+    avg = result["metrics"]["avg"]
+    print(
+        f"{result['model']} on {result['dataset']} ({args.part}, {result['num_windows']} "
+        f"windows, {result['metric_scale']} scale, scaler {result['scaler']}): "
+        f"MAE {avg['mae']:.4f}  MSE {avg['mse']:.4f}  RMSE {avg['rmse']:.4f}  "
+        f"MAPE {avg['mape']:.2%}"
+    )
+    if args.out:
+        from llm_st.engine.rundir import atomic_write_json
+
+        atomic_write_json(args.out, result)
+        print(f"wrote {args.out}")
+
+
+def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--run", help="run directory written by llm-st train")
+    what.add_argument("--model", help="causal LM for zero-shot forecasting: directory or hub id")
+    what.add_argument(
+        "--method", help="non-learned baseline: last_value, seasonal_naive, historical_average, var"
+    )
+    parser.add_argument(
+        "--backbone", help="with --run: load the frozen backbone from here (the same model)"
+    )
+    parser.add_argument(
+        "--history", type=int, default=12, help="with --model/--method: steps read (12)"
+    )
+    parser.add_argument(
+        "--horizon", type=int, default=12, help="with --model/--method: steps forecast (12)"
+    )
+    parser.add_argument("--data-dir", help="directory holding the named datasets")
+    _add_device_arguments(parser)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+
+
+def _add_predict_commands(sub: argparse._SubParsersAction) -> None:
+    predict = sub.add_parser(
+        "predict",
+        help="forecast data with a trained run, a zero-shot LM or a baseline",
+        description="Forecast the HORIZON steps after each cut-off of --data (default: after "
+        "its last row) and write --out: .csv or .parquet (long format: unique_id, ds, cutoff, "
+        "forecast and quantile columns) or .npz (llm_st.Forecast.load reads it).",
+    )
+    _add_source_arguments(predict)
+    predict.add_argument(
+        "--data", required=True, help="named dataset, synthetic name or data file (csv, ...)"
+    )
+    predict.add_argument(
+        "--at",
+        action="append",
+        default=[],
+        metavar="TIME",
+        help="cut-off (last history step): a timestamp or row number; repeatable or "
+        "comma-separated (default: the last row)",
+    )
+    predict.add_argument("--out", required=True, help="output file: .csv, .parquet or .npz")
+    predict.set_defaults(func=_cmd_predict)
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="score a trained run (or a zero-shot LM, a baseline) on a dataset",
+        description="Forecast every window of --part of --data (default: the run's own data "
+        "and split) and score it with masked metrics under the dataset's protocol. A run "
+        "trained on one dataset can be scored on another with the same channels (zero-shot "
+        "transfer, e.g. ETTh1 -> ETTh2); inputs are scaled with the run's scaler unless "
+        "--fit-scaler.",
+    )
+    _add_source_arguments(evaluate)
+    evaluate.add_argument("--data", help="named dataset, synthetic name or data file")
+    evaluate.add_argument("--part", default="test", choices=["train", "val", "test"])
+    evaluate.add_argument(
+        "--fit-scaler",
+        action="store_true",
+        help="scale inputs with a scaler fit on --data's training split (the papers' "
+        "transfer setting) instead of the run's",
+    )
+    evaluate.add_argument("--out", help="write the metrics as JSON here")
+    evaluate.set_defaults(func=_cmd_evaluate)
 
 
 # ----------------------------------------------------------------- entry point
@@ -334,6 +485,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_align_command,
     _add_data_commands,
     _add_demo_command,
+    _add_predict_commands,
     _add_prompt_commands,
     _add_train_command,
 ]

@@ -11,10 +11,10 @@ import yaml
 
 from llm_st.cli import main
 from llm_st.config import load_recipe
-from llm_st.engine import build_task, count_parameters, load_weights
+from llm_st.engine import build_task, count_parameters
 from llm_st.evaluation.evaluate import evaluate
-from llm_st.models.base import DataInfo
-from llm_st.models.registry import build_model, list_models
+from llm_st.models.registry import list_models
+from llm_st.pipeline import ForecastPipeline
 
 DATA = "synthetic-traffic:num_nodes=6,num_days=3"
 METRIC_KEYS = {
@@ -63,21 +63,20 @@ def recipe_file(tmp_path: Path, model: str, params: dict, training: dict | None 
 
 
 def reload_and_evaluate(out: Path) -> tuple[dict, dict]:
-    """The run's metrics.json and ``evaluate`` of its saved model on its saved recipe."""
+    """The run's metrics.json and ``evaluate`` of the run loaded by ``from_run``."""
     metrics = json.loads((out / "metrics.json").read_text())
+    pipeline = ForecastPipeline.from_run(out, device="cpu")
     recipe = load_recipe(out / "recipe.yaml")
     task = build_task(recipe.data)
-    info = DataInfo.from_data(task.data, task.history, task.horizon)
-    model = build_model(recipe.model.name, info, **recipe.model.params)
-    model.load_state_dict(load_weights(out / "model.safetensors"))
     assert json.loads((out / "scaler.json").read_text()) == task.scaler.to_dict()
     direct = evaluate(
-        model,
+        pipeline.model,
         task,
         batch_size=recipe.training.eval_batch_size,
         horizons=tuple(recipe.data.horizons),
     )
-    assert count_parameters(model) == {k: metrics["params"][k] for k in ("trainable", "total")}
+    params = count_parameters(pipeline.model)
+    assert params == {k: metrics["params"][k] for k in ("trainable", "total")}
     return metrics, direct
 
 
@@ -95,6 +94,9 @@ def test_train_fits_a_baseline_and_refuses_to_overwrite(tmp_path, capsys):
         "recipe.yaml",
         "scaler.json",
         "model.safetensors",
+        "manifest.json",
+        "data_info.json",
+        "data_info.npz",
         "metrics.json",
     }
     metrics, direct = reload_and_evaluate(out)

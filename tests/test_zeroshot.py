@@ -14,7 +14,9 @@ from llm_st.cli import main
 from llm_st.data.container import Adjacency, STData
 from llm_st.data.io import save_npz
 from llm_st.data.task import prepare_task
+from llm_st.demo import zero_shot_rows
 from llm_st.errors import ConfigError
+from llm_st.evaluation.evaluate import score_forecast
 from llm_st.forecast import Forecast
 from llm_st.metrics import masked_mae
 from llm_st.tokens.serialize import (
@@ -23,14 +25,7 @@ from llm_st.tokens.serialize import (
     preset_for_tokenizer,
     token_texts,
 )
-from llm_st.zeroshot import (
-    NumberConstraint,
-    NumberGrammar,
-    ZeroShotForecaster,
-    evaluate_forecast,
-    pick_windows,
-    zero_shot_demo_row,
-)
+from llm_st.zeroshot import NumberConstraint, NumberGrammar, ZeroShotForecaster, pick_windows
 
 pytest_plugins = ["conftest_prompt"]  # tiny-model fixtures
 
@@ -185,7 +180,7 @@ def test_evaluation_matches_a_numpy_computation(task):
     forecast = Forecast.from_samples(samples, (0.1, 0.5, 0.9), target_start=starts + 24)
     forecast.node_ids = task.data.node_ids
     forecast.channels = task.data.channels
-    result = evaluate_forecast(forecast, task)
+    result = score_forecast(forecast, task)
     mask = task.data.mask[rows]
     expected = np.abs(np.median(samples, 0) - target)[mask].mean()
     assert result["metrics"]["avg"]["mae"] == pytest.approx(expected, rel=1e-5)
@@ -196,7 +191,7 @@ def test_evaluation_matches_a_numpy_computation(task):
     crps = (np.abs(samples - target).mean(0) - 0.5 * pairs)[mask].mean()
     assert result["crps"] == pytest.approx(crps, rel=1e-4)
     point_only = Forecast(forecast.point, target_start=starts + 24, node_ids=task.data.node_ids)
-    assert evaluate_forecast(point_only, task)["crps"] == pytest.approx(
+    assert score_forecast(point_only, task)["crps"] == pytest.approx(
         float(masked_mae(point_only.point, target, mask)), rel=1e-5
     )
 
@@ -264,12 +259,8 @@ def test_cli_zero_shot_writes_metrics_and_forecasts(tmp_path, tiny_cache, monkey
 
 def test_demo_row_says_when_it_only_shows_the_machinery(tiny_cache, monkeypatch):
     monkeypatch.setenv("LLM_ST_CACHE", str(tiny_cache.parent))
-    row = zero_shot_demo_row(
-        sensors(), history=12, horizon=3, max_windows=1, num_samples=2, horizons=(3,)
-    )
+    task = prepare_task(sensors(), history=12, horizon=3)
+    (row,) = zero_shot_rows(task, quick=True, model=None, horizons=(3,))
     assert row["model"] == "tiny-gpt2" and "not a real forecast" in row["note"]
-    assert (
-        row["valid_fraction"] == 1.0
-        and row["num_windows"] == 1
-        and np.isfinite(row["metrics"]["h3"]["mae"])
-    )
+    assert row["valid_fraction"] == 1.0 and row["num_windows"] == 1
+    assert np.isfinite(row["metrics"]["h3"]["mae"])

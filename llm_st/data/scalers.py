@@ -117,6 +117,23 @@ class Scaler:
         out += _like(self.shift, out)
         return out
 
+    def subset(self, nodes: np.ndarray | None = None, channels: np.ndarray | None = None) -> Scaler:
+        """The scaler of a subset of nodes and channels (indices into the fitted ones).
+
+        Shared statistics (one for all nodes, or all channels) are kept as they are.
+        """
+        self._check_fitted()
+        if self.kind == "none":
+            return self
+        shift, scale = self.shift, self.scale
+        if nodes is not None and shift.shape[0] > 1:
+            shift, scale = shift[nodes], scale[nodes]
+        if channels is not None and shift.shape[1] > 1:
+            shift, scale = shift[:, channels], scale[:, channels]
+        out = make_scaler(self.kind, self.axis, self.use_mask)
+        out.shift, out.scale = shift, scale
+        return out
+
     # ------------------------------------------------------------- persistence
     def to_dict(self) -> dict[str, Any]:
         self._check_fitted()

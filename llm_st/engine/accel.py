@@ -23,6 +23,28 @@ def _use_cpu(config: TrainingConfig) -> bool:
     return config.device == "cpu" or env or not torch.cuda.is_available()
 
 
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``"auto"`` / None: the GPU when one is visible, else the CPU; otherwise ``device``.
+
+    Raises
+    ------
+    ConfigError
+        ``"cuda"`` without a visible GPU, or a name torch does not know.
+    """
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {device!r}", "use auto, cpu or cuda") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device {str(device)!r} was asked for but no CUDA GPU is visible",
+            "use --device auto or cpu, or check CUDA_VISIBLE_DEVICES",
+        )
+    return device
+
+
 def resolve_mixed_precision(requested: str, device_type: str) -> str:
     """The mixed precision to use: ``requested`` where ``device_type`` supports it, else ``"no"``.
 

@@ -86,14 +86,18 @@ def fit_and_evaluate(
     accelerator: Accelerator | None = None,
     header: dict[str, Any] | None = None,
     started: float | None = None,
+    recipe: Recipe | None = None,
 ) -> dict[str, Any]:
     """Fit ``model`` (train it, or ``fit_data`` when it learns nothing), then test it once.
 
     The best weights (selected on the validation split) are evaluated on the whole
     test split with :func:`~llm_st.evaluation.evaluate.evaluate`. With ``run_dir``
     the run writes ``model.safetensors``, ``scaler.json``, ``log.jsonl``, checkpoints
-    and ``metrics.json`` there. A path is opened with :func:`open_run_dir` (refused
-    if it holds results, unless ``resume``); a :class:`RunDir` is used as it is.
+    and ``metrics.json`` there (see :mod:`llm_st.engine.artifacts`), and ``recipe`` as
+    ``recipe.yaml`` when given: the recipe that builds ``model`` and ``task``, so that
+    :meth:`llm_st.pipeline.ForecastPipeline.from_run` can load the run. A path is opened
+    with :func:`open_run_dir` (refused if it holds results, unless ``resume``); a
+    :class:`RunDir` is used as it is.
 
     Returns
     -------
@@ -136,6 +140,8 @@ def fit_and_evaluate(
         "total_time_s": time.perf_counter() - started,
     }
     if run_dir is not None and acc.is_main_process:
+        if recipe is not None and not (run_dir / "recipe.yaml").is_file():
+            save_recipe(recipe, run_dir / "recipe.yaml")
         task.scaler.save(run_dir / "scaler.json")
         atomic_write_json(run_dir / "metrics.json", metrics)
     acc.wait_for_everyone()
@@ -205,7 +211,9 @@ def train(
     info = DataInfo.from_data(task.data, task.history, task.horizon)
     from llm_st.models.registry import build_model
 
-    model = build_model(recipe.model.name, info, **recipe.model.params)
+    model = build_model(
+        recipe.model.name, info, backbone=recipe.model.backbone, **recipe.model.params
+    )
     horizons = recipe.data.report_horizons()
     extra: dict[str, Any] = {}
     pre = recipe.objective.pretrain

@@ -4,7 +4,11 @@ Layout (``out/``)::
 
     recipe.yaml         resolved recipe (train() only)
     scaler.json         the scaler fit on the training split
-    model.safetensors   best weights (selected on the validation split)
+    model.safetensors   best weights (selected on the validation split) of what was
+                        trained: no frozen backbone weights (see artifacts.py)
+    adapter/            LoRA weights in peft's layout, when the backbone has LoRA
+    manifest.json       kept tensors and the backbones they need (source, config hash)
+    data_info.json      what the model was built for (+ data_info.npz: graph, coordinates)
     objective.safetensors  parameters of the objective, when it has any
     metrics.json        test and validation metrics, best epoch, cost
     log.jsonl           one line per evaluation
@@ -27,6 +31,10 @@ RESULT_NAMES = (
     "recipe.yaml",
     "scaler.json",
     "model.safetensors",
+    "adapter",
+    "manifest.json",
+    "data_info.json",
+    "data_info.npz",
     "objective.safetensors",
     "metrics.json",
     "log.jsonl",

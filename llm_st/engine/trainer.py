@@ -40,6 +40,13 @@ from tqdm.auto import tqdm
 from llm_st.config import TrainingConfig
 from llm_st.data.task import ForecastTask
 from llm_st.engine.accel import lr_schedule, make_accelerator, param_groups
+from llm_st.engine.artifacts import (
+    keep_trained_on_save,
+    logical_numel,
+    save_data_info,
+    save_model,
+    trained_state,
+)
 from llm_st.engine.checkpoint import CheckpointManager, load_weights, save_weights
 from llm_st.engine.rundir import RunDir, atomic_write_json
 from llm_st.engine.seeding import epoch_order, process_batches, seed_everything
@@ -84,18 +91,12 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _logical_numel(p: torch.Tensor) -> int:
-    """Weights a parameter stands for: a bitsandbytes 4-bit parameter stores two per byte."""
-    state = getattr(p, "quant_state", None)
-    return int(state.shape.numel()) if state is not None else p.numel()
-
-
 def count_parameters(module: nn.Module) -> dict[str, int]:
     """``{"trainable", "total"}`` parameter counts (shared ones once, 4-bit weights unpacked)."""
     params = list(module.parameters())
     return {
         "trainable": sum(p.numel() for p in params if p.requires_grad),
-        "total": sum(_logical_numel(p) for p in params),
+        "total": sum(logical_numel(p) for p in params),
     }
 
 
@@ -207,10 +208,15 @@ class Trainer:
         self._wrapped, self._optimizer, self._scheduler = acc.prepare(
             self.module, optimizer, scheduler
         )
-        if resume:
-            self._restore()
-        if not self.state.done:
-            self._train(train_set, total)
+        # checkpoints keep what trains, not the frozen pretrained weights
+        hook = acc.register_save_state_pre_hook(keep_trained_on_save(acc.unwrap_model))
+        try:
+            if resume:
+                self._restore()
+            if not self.state.done:
+                self._train(train_set, total)
+        finally:
+            hook.remove()
         if self._best is None:
             warnings.warn(
                 "no evaluation gave a finite validation score; keeping the last weights",
@@ -369,18 +375,9 @@ class Trainer:
         return {"loss": None, "metrics": result["metrics"]}
 
     def _trained_state(self) -> dict[str, torch.Tensor]:
-        """CPU copy of what training changes: trainable parameters and buffers.
-
-        Frozen parameters (e.g. an LLM backbone) never change, so best weights need
-        not copy them.
-        """
-        keep = {n for n, p in self.module.named_parameters() if p.requires_grad}
-        keep |= {n for n, _ in self.module.named_buffers()}
-        return {
-            k: v.detach().to("cpu", copy=True)
-            for k, v in self.module.state_dict().items()
-            if k in keep
-        }
+        """CPU copy of what a run keeps (:func:`~llm_st.engine.artifacts.trained_state`):
+        frozen pretrained weights never change, so best weights need not copy them."""
+        return {k: v.to("cpu", copy=True) for k, v in trained_state(self.module).items()}
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint(self) -> None:
@@ -424,7 +421,7 @@ class Trainer:
                 "from the uninterrupted run",
                 stacklevel=3,
             )
-        self.accelerator.load_state(str(latest))
+        self.accelerator.load_state(str(latest), strict=False)
         saved.world_size = self.state.world_size
         self.state = saved
         best = load_weights(latest / "best.safetensors")
@@ -436,7 +433,8 @@ class Trainer:
     def _save_final_weights(self) -> None:
         if self.run_dir is None or not self.accelerator.is_main_process:
             return
-        save_weights(self.model.state_dict(), self.run_dir / "model.safetensors")
+        save_model(self.model, self.run_dir.path)
+        save_data_info(self.model.info, self.run_dir.path)
         if any(True for _ in self.objective.state_dict()):
             save_weights(self.objective.state_dict(), self.run_dir / "objective.safetensors")
 

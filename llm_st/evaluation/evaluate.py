@@ -1,7 +1,7 @@
 """Score a method on a whole split under the task's protocol, on one or several processes.
 
 Every window whose targets lie in the split is scored exactly once (no dropped last
-batch, no padding duplicates); metrics are masked (GUIDE section 5) and computed on
+batch, no padding duplicates); metrics are masked (``docs/protocol.md``) and computed on
 the original scale for the ST graph protocol or on the scaled values for the
 long-term-series protocol, as ``task.metric_scale`` says.
 
@@ -21,7 +21,9 @@ import torch
 
 from llm_st.data.task import ForecastTask
 from llm_st.data.windows import WindowDataset
-from llm_st.metrics import MetricAccumulator
+from llm_st.errors import ConfigError, DataError
+from llm_st.forecast import Forecast
+from llm_st.metrics import MetricAccumulator, crps_from_samples
 
 Batch = dict[str, torch.Tensor]
 
@@ -69,13 +71,134 @@ def iterate_batches(
         yield dataset[indices[lo : lo + batch_size]]
 
 
-def targets_for_metrics(
-    task: ForecastTask, pred_scaled: torch.Tensor, batch: Batch
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(pred, target)`` on the scale the task's protocol scores on."""
-    if task.metric_scale == "normalized":
-        return pred_scaled, batch["y_scaled"].to(pred_scaled.device)
-    return task.scaler.inverse_transform(pred_scaled), batch["y"].to(pred_scaled.device)
+class Scorer:
+    """The one scorer: masked metrics of forecasts against a task's targets, on the
+    scale the task's protocol scores on.
+
+    Every path that scores a method goes through :meth:`update`: the engine's test and
+    validation steps (forecasts on the scaled scale, :func:`evaluate`), forecasts of a
+    trained or zero-shot model (:func:`score_forecast`). Forecasts and targets are put on
+    the protocol's scale here and nowhere else: the original scale for the ST graph
+    protocol, the scaler's normalized scale for the long-term-series protocol
+    (``task.metric_scale``). Sums are float64 and can be added across processes.
+
+    Parameters
+    ----------
+    task
+        Supplies the scaler, the null value and the metric scale.
+    horizons
+        1-based horizon steps reported besides the average.
+
+    Attributes
+    ----------
+    num_windows : int
+        Windows scored so far.
+    """
+
+    def __init__(self, task: ForecastTask, horizons: Sequence[int] = (3, 6, 12)):
+        self.task = task
+        normalized = task.metric_scale == "normalized"
+        # on the normalized scale a null value is no longer recognizable; the mask carries it
+        self.metrics = MetricAccumulator(
+            null_value=None if normalized else task.null_value, horizons=horizons
+        )
+        self.num_windows = 0
+        self.crps_sum = 0.0
+        self.crps_count = 0.0
+        self.loss_sum = 0.0
+
+    def _to_protocol(
+        self,
+        values: Any,
+        scale: str,
+        nodes: np.ndarray | None = None,
+        channels: np.ndarray | None = None,
+    ) -> Any:
+        """``values`` (``[..., N, C]`` on ``scale``: "original" or "scaled") on the protocol's
+        scale; ``nodes`` / ``channels`` index the scaler's statistics of a subset."""
+        target = "scaled" if self.task.metric_scale == "normalized" else "original"
+        if scale == target:
+            return values
+        scaler = self.task.scaler
+        if nodes is not None or channels is not None:
+            scaler = scaler.subset(nodes, channels)
+        return scaler.transform(values) if target == "scaled" else scaler.inverse_transform(values)
+
+    def update(
+        self,
+        pred: Any,
+        target: Any,
+        mask: Any,
+        scale: str = "original",
+        samples: Any = None,
+        nodes: np.ndarray | None = None,
+        channels: np.ndarray | None = None,
+    ) -> None:
+        """Add forecasts of ``W`` windows.
+
+        Parameters
+        ----------
+        pred, target
+            ``[W, H, N, C]`` forecast and truth (numpy or torch), both on ``scale``.
+        mask
+            ``[W, H, N, C]`` observed targets.
+        scale
+            ``"original"`` or ``"scaled"`` (the task's scaler applied).
+        samples
+            Optional ``[S, W, H, N, C]`` sample paths on ``scale`` (NaN where a sample is
+            missing: the point forecast stands in); adds to the CRPS.
+        nodes, channels
+            Indices into the task's nodes / channels when the forecast covers a subset
+            (the scaler's statistics are taken at these).
+        """
+        pred = self._to_protocol(pred, scale, nodes, channels)
+        target = self._to_protocol(target, scale, nodes, channels)
+        self.metrics.update(pred, target, mask)
+        self.num_windows += len(pred)
+        if samples is not None:
+            samples = self._to_protocol(samples, scale, nodes, channels)
+            samples = np.where(np.isnan(samples), np.asarray(pred)[None], samples)
+            valid = np.asarray(mask, bool)
+            if self.metrics.null_value is not None:
+                valid = valid & ~np.isclose(np.asarray(target), self.metrics.null_value)
+            count = float(valid.sum())
+            if count:
+                crps = crps_from_samples(samples, target, valid)
+                self.crps_sum += float(crps) * count
+                self.crps_count += count
+
+    def update_scaled(self, pred_scaled: torch.Tensor, batch: Batch) -> None:
+        """Add a batch forecast on the scaled scale against the batch's own targets
+        (``y`` or ``y_scaled``, whichever is on the protocol's scale: no round trip)."""
+        if self.task.metric_scale == "normalized":
+            self.update(pred_scaled, batch["y_scaled"], batch["y_mask"], scale="scaled")
+        else:
+            pred = self.task.scaler.inverse_transform(pred_scaled)
+            self.update(pred, batch["y"], batch["y_mask"])
+
+    def merge_processes(self, world_size: int) -> None:
+        """Add the sums of every process of the process group (no-op with one process)."""
+        acc = self.metrics
+        totals = acc.totals if acc.totals is not None else np.zeros((5, self.task.horizon))
+        extra = [acc.nan_predictions, self.num_windows, self.loss_sum]
+        extra += [self.crps_sum, self.crps_count]
+        merged = all_reduce_sum(np.concatenate([totals.ravel(), extra]), world_size)
+        acc.totals = merged[: totals.size].reshape(totals.shape)
+        tail = merged[totals.size :]
+        acc.nan_predictions, self.num_windows = int(tail[0]), int(tail[1])
+        self.loss_sum, self.crps_sum, self.crps_count = (float(v) for v in tail[2:])
+
+    def result(self) -> dict[str, Any]:
+        """``{"metrics": {"h3": {mae, mse, rmse, mape}, ..., "avg": ...}, "num_windows",
+        "metric_scale"}`` plus ``"crps"`` when samples were scored."""
+        out: dict[str, Any] = {
+            "metrics": self.metrics.compute(),
+            "num_windows": self.num_windows,
+            "metric_scale": self.task.metric_scale,
+        }
+        if self.crps_count:
+            out["crps"] = self.crps_sum / self.crps_count
+        return out
 
 
 def _model_device(model: torch.nn.Module, device: str | torch.device | None) -> torch.device:
@@ -94,7 +217,7 @@ def evaluate(
     loss_fn: Callable[[torch.Tensor, Batch], torch.Tensor] | None = None,
     distributed: bool | None = None,
 ) -> dict[str, Any]:
-    """Masked metrics of ``model`` on ``part`` of ``task``.
+    """Masked metrics of ``model`` on ``part`` of ``task`` (the :class:`Scorer`).
 
     Parameters
     ----------
@@ -121,28 +244,74 @@ def evaluate(
     model.eval()
     rank, world = process_group(distributed)
     dataset = task.dataset(part, history)
-    acc = MetricAccumulator(null_value=task.null_value, horizons=horizons)
-    scored, loss_sum = 0, 0.0
+    scorer = Scorer(task, horizons)
     for batch in iterate_batches(dataset, batch_size, process_share(len(dataset), rank, world)):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         pred = model(batch).float()
         if loss_fn is not None:
-            loss_sum += float(loss_fn(pred, batch)) * len(pred)
-        acc.update(*targets_for_metrics(task, pred, batch), batch["y_mask"])
-        scored += len(pred)
-    totals = acc.totals if acc.totals is not None else np.zeros((5, task.horizon))
-    merged = all_reduce_sum(
-        np.concatenate([totals.ravel(), [acc.nan_predictions, scored, loss_sum]]), world
-    )
-    acc.totals = merged[: totals.size].reshape(totals.shape)
-    acc.nan_predictions, scored, loss_sum = int(merged[-3]), int(merged[-2]), float(merged[-1])
-    out: dict[str, Any] = {
-        "metrics": acc.compute(),
-        "num_windows": scored,
-        "metric_scale": task.metric_scale,
-    }
+            scorer.loss_sum += float(loss_fn(pred, batch)) * len(pred)
+        scorer.update_scaled(pred, batch)
+    scorer.merge_processes(world)
+    out = scorer.result()
     if loss_fn is not None:
-        out["loss"] = loss_sum / max(scored, 1)
+        out["loss"] = scorer.loss_sum / max(scorer.num_windows, 1)
+    return out
+
+
+def score_forecast(
+    forecast: Forecast, task: ForecastTask, horizons: Sequence[int] = (3, 6, 12)
+) -> dict[str, Any]:
+    """Masked metrics of ``forecast`` (original scale) against the rows it forecasts.
+
+    The targets are the rows ``forecast.target_start[w] + h`` of ``task.data`` at the
+    forecast's nodes and channels (matched by id and name), scored by :class:`Scorer`.
+
+    Returns
+    -------
+    dict
+        The keys of :meth:`Scorer.result` (``crps`` from the samples, or equal to the MAE
+        for a point forecast), plus ``valid_fraction`` and ``num_series``.
+    """
+    if forecast.target_start is None:
+        raise ConfigError(
+            "the forecast does not say which rows it forecasts",
+            "forecast windows of the data with a pipeline's predict(..., at=...)",
+        )
+    data = task.data
+    W, H, N, C = forecast.shape
+    rows = forecast.target_start[:, None] + np.arange(H)
+    if rows.max() >= data.num_steps or rows.min() < 0:
+        raise DataError(
+            f"the forecast reaches row {int(rows.max())} but the data have {data.num_steps}",
+            "score forecasts of windows whose targets lie in the data",
+        )
+    position = {n: i for i, n in enumerate(data.node_ids)}
+    missing = [n for n in forecast.node_ids if n not in position]
+    if missing or any(c not in data.channels for c in forecast.channels):
+        raise DataError(
+            f"forecast nodes {missing[:3]} or channels {forecast.channels} are not in the data",
+            "score a forecast against the data it was made for",
+        )
+    nodes = np.asarray([position[n] for n in forecast.node_ids])
+    channels = np.asarray([data.channels.index(c) for c in forecast.channels])
+    index = (rows[:, :, None, None], nodes[None, None, :, None], channels[None, None, None, :])
+    target = data.values[index].astype(np.float64)
+    point = forecast.point.astype(np.float64)
+    samples = point[None] if forecast.samples is None else forecast.samples.astype(np.float64)
+    scorer = Scorer(task, horizons)
+    subset = (
+        (None, None)
+        if len(nodes) == data.num_nodes and len(channels) == data.num_channels
+        and np.array_equal(nodes, np.arange(data.num_nodes))
+        and np.array_equal(channels, np.arange(data.num_channels))
+        else (nodes, channels)
+    )  # fmt: skip
+    scorer.update(point, target, data.mask[index], samples=samples, nodes=subset[0],
+                  channels=subset[1])  # fmt: skip
+    out = scorer.result()
+    out.setdefault("crps", out["metrics"]["avg"]["mae"])
+    out["valid_fraction"] = float(forecast.meta.get("valid_fraction", forecast.valid.mean()))
+    out["num_series"] = W * N * C
     return out
 
 

@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from llm_st.data.container import STData
-from llm_st.data.timefeatures import time_features
+from llm_st.data.timefeatures import step_times, time_features_at
 from llm_st.data.trajectories import Trajectories
 from llm_st.errors import ConfigError, DataError
 from llm_st.prompting.stats import series_statistics
@@ -87,12 +88,12 @@ def _has_latlon(data: STData) -> bool:
 
 
 def _times(data: STData, rows: np.ndarray) -> tuple[list[str], list[str]]:
-    """Readable times and day names of ``rows``."""
+    """Readable times and day names of ``rows`` (rows past the end continue the frequency)."""
     if data.timestamps is not None:
-        ts = data.timestamps[rows]
+        ts = pd.DatetimeIndex(step_times(data, rows))
         return list(ts.strftime("%Y-%m-%d %H:%M")), list(ts.day_name())
     days = (
-        [DAY_NAMES[int(d)] for d in time_features(data)[rows, 1]]
+        [DAY_NAMES[int(d)] for d in time_features_at(data, rows)[:, 1]]
         if data.freq
         else ["unknown"] * len(rows)
     )
@@ -223,10 +224,11 @@ class PromptBuilder:
             if channels is None
             else np.atleast_1d(np.asarray(channels, np.int64))
         )
-        if starts.size and (starts.min() < 0 or starts.max() + history + horizon > data.num_steps):
+        # the forecast steps may lie past the end (a forecast of the future); the history not
+        if starts.size and (starts.min() < 0 or starts.max() + history > data.num_steps):
             raise DataError(
                 f"windows starting at rows {starts.min()}..{starts.max()} with history "
-                f"{history} and horizon {horizon} do not fit in {data.num_steps} steps",
+                f"{history} do not fit in {data.num_steps} steps",
                 "choose later start rows or a shorter history",
             )
         for what, idx, size in (

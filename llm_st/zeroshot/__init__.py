@@ -1,20 +1,6 @@
-"""Zero-shot forecasting with causal LMs: serialized prompts, constrained decoding, scores."""
+"""Zero-shot forecasting with causal LMs: serialized prompts, constrained decoding."""
 
 from llm_st.zeroshot.constrained import NumberConstraint, NumberGrammar
-from llm_st.zeroshot.forecaster import (
-    ZeroShotForecaster,
-    evaluate_forecast,
-    pick_windows,
-    run_zero_shot,
-    zero_shot_demo_row,
-)
+from llm_st.zeroshot.forecaster import ZeroShotForecaster, pick_windows
 
-__all__ = [
-    "NumberConstraint",
-    "NumberGrammar",
-    "ZeroShotForecaster",
-    "evaluate_forecast",
-    "pick_windows",
-    "run_zero_shot",
-    "zero_shot_demo_row",
-]
+__all__ = ["NumberConstraint", "NumberGrammar", "ZeroShotForecaster", "pick_windows"]

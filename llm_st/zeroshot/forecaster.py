@@ -9,13 +9,12 @@ forecast) and quantiles. Generation is batched: several series per ``generate`` 
 left padding with attention masks, the KV cache, ``num_return_sequences`` samples.
 
 The windows are those of every other method (``task.dataset(part)``), so
-:func:`evaluate_forecast` scores the forecast on exactly the targets
-:func:`llm_st.evaluation.evaluate.evaluate` scores the others on.
+:func:`llm_st.evaluation.evaluate.score_forecast` scores the forecast on exactly the
+targets the engine scores the others on.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -32,7 +31,6 @@ from llm_st.data.container import STData
 from llm_st.data.task import ForecastTask, prepare_task
 from llm_st.errors import ConfigError
 from llm_st.forecast import DEFAULT_QUANTILES, Forecast
-from llm_st.metrics import MetricAccumulator, crps_from_samples
 from llm_st.prompting.context import PromptBatch, PromptBuilder, node_indices
 from llm_st.prompting.stats import first_last_observed
 from llm_st.prompting.templates import PromptTemplate
@@ -355,152 +353,3 @@ class ZeroShotForecaster:
             "seconds": time.perf_counter() - began,
         }
         return forecast
-
-
-def evaluate_forecast(
-    forecast: Forecast, task: ForecastTask, horizons: Sequence[int] = (3, 6, 12)
-) -> dict[str, Any]:
-    """Masked metrics of ``forecast`` against the task's data, under the task's protocol.
-
-    The targets are the rows ``forecast.target_start[w] + h`` of the forecast's nodes and
-    channels. Returns ``{"metrics": {"h3": {mae, mse, rmse, mape}, ..., "avg": ...},
-    "crps", "valid_fraction", "num_windows", "num_series", "metric_scale"}``. CRPS uses
-    the samples (samples that did not parse replaced by the point forecast), or the
-    point forecast (then it equals the MAE) without samples. With
-    ``task.metric_scale == "normalized"`` forecast and targets are scaled by the
-    task's scaler first.
-    """
-    if forecast.target_start is None:
-        raise ConfigError(
-            "the forecast does not say which rows it forecasts",
-            "forecast with ZeroShotForecaster.forecast",
-        )
-    data = task.data
-    W, H, N, C = forecast.shape
-    position = {n: i for i, n in enumerate(data.node_ids)}
-    nodes = np.asarray([position[n] for n in forecast.node_ids])
-    channels = np.asarray([data.channels.index(c) for c in forecast.channels])
-    index = (
-        (forecast.target_start[:, None] + np.arange(H))[:, :, None, None],
-        nodes[None, None, :, None],
-        channels[None, None, None, :],
-    )
-    target, mask = data.values[index].astype(np.float64), data.mask[index]
-    point = forecast.point.astype(np.float64)
-    samples = (
-        point[None]
-        if forecast.samples is None
-        else np.where(np.isnan(forecast.samples), point, forecast.samples)
-    )
-    null_value = task.null_value
-    if task.metric_scale == "normalized":
-        shift, scale = task.scaler.shift, task.scaler.scale
-        shift = shift[nodes] if shift.shape[0] > 1 else shift
-        scale = scale[nodes] if scale.shape[0] > 1 else scale
-        shift = shift[:, channels] if shift.shape[1] > 1 else shift
-        scale = scale[:, channels] if scale.shape[1] > 1 else scale
-        target, point, samples = ((a - shift) / scale for a in (target, point, samples))
-        null_value = None  # the mask already excludes missing targets
-    acc = MetricAccumulator(null_value=null_value, horizons=horizons)
-    acc.update(point, target, mask)
-    crps = crps_from_samples(samples, target, mask, null_value)
-    return {
-        "metrics": acc.compute(),
-        "crps": float(crps),
-        "valid_fraction": float(forecast.meta.get("valid_fraction", forecast.valid.mean())),
-        "num_windows": W,
-        "num_series": W * N * C,
-        "metric_scale": task.metric_scale,
-    }
-
-
-def run_zero_shot(
-    model: str | Path,
-    dataset: str,
-    out: str | Path,
-    template: str = "plain",
-    num_samples: int = 10,
-    max_windows: int | None = None,
-    history: int = 12,
-    horizon: int = 12,
-    nodes: Sequence[int | str] | None = None,
-    part: str = "test",
-    data_dir: str | None = None,
-    overwrite: bool = False,
-    **forecaster_kwargs: Any,
-) -> dict[str, Any]:
-    """``llm-st zero-shot``: forecast a dataset with a model and write the results to ``out``.
-
-    Writes ``out/metrics.json`` (the keys of :func:`evaluate_forecast` plus model,
-    dataset and forecast facts), ``out/forecast.npz`` (:meth:`Forecast.save`) and
-    ``out/forecast.csv`` (:meth:`Forecast.to_frame`). Returns the metrics dict.
-    """
-    from llm_st.data import load
-
-    out = Path(out)
-    if (out / "metrics.json").exists() and not overwrite:
-        raise FileExistsError(f"{out / 'metrics.json'} exists; pass --overwrite to replace it")
-    data = load(dataset, data_dir=data_dir)
-    task = prepare_task(data, history, horizon)
-    forecaster = ZeroShotForecaster.from_pretrained(
-        model, template=template, num_samples=num_samples, **forecaster_kwargs
-    )
-    forecast = forecaster.forecast(task, part, max_windows=max_windows, nodes=nodes)
-    result = evaluate_forecast(forecast, task)
-    result.update(model=str(model), dataset=dataset, part=part, forecast=forecast.meta)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(result, indent=2, default=str))
-    forecast.save(out / "forecast.npz")
-    forecast.to_frame().to_csv(out / "forecast.csv", index=False)
-    return result
-
-
-def zero_shot_demo_row(
-    data: STData | ForecastTask,
-    model_name_or_path: str | None = None,
-    history: int = 12,
-    horizon: int = 12,
-    template: str = "plain",
-    max_windows: int = 4,
-    nodes: Sequence[int | str] | None = None,
-    num_samples: int = 5,
-    horizons: Sequence[int] = (3, 6, 12),
-    seed: int = 0,
-) -> dict[str, Any]:
-    """One row of ``llm-st demo``: a zero-shot forecast and its scores.
-
-    Without ``model_name_or_path`` the model is ``tiny-gpt2`` with random weights: the
-    row then shows the machinery (prompts, constrained decoding, parsing, metrics), not
-    a forecast worth its numbers, and its ``note`` says so. With a real model directory
-    it is a real zero-shot forecast.
-
-    Returns
-    -------
-    dict
-        ``method``, ``model``, ``note``, the keys of :func:`evaluate_forecast` and
-        ``seconds``.
-    """
-    from llm_st.backbones.tiny import is_tiny
-
-    name = model_name_or_path or "tiny-gpt2"
-    began = time.perf_counter()
-    forecaster = ZeroShotForecaster.from_pretrained(
-        name, template=template, num_samples=num_samples, seed=seed
-    )
-    task = data if isinstance(data, ForecastTask) else prepare_task(data, history, horizon)
-    forecast = forecaster.forecast(task, max_windows=max_windows, nodes=nodes, progress=False)
-    row = evaluate_forecast(forecast, task, horizons)
-    tiny = is_tiny(name)
-    row.update(
-        method=f"zero-shot LLM ({template})",
-        model=name,
-        note=(
-            "tiny random-weight model: shows the zero-shot machinery, not a real forecast; "
-            "pass a local model directory (llm-st demo --model DIR) for a real one"
-            if tiny
-            else f"{len(forecast.node_ids)} nodes x {forecast.shape[0]} test windows, "
-            f"{num_samples} samples"
-        ),
-        seconds=time.perf_counter() - began,
-    )
-    return row
