@@ -14,6 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+export LLM_ST_DATA ?= $(abspath ../shared/data)
 
 .PHONY: demo test venv clean-venv lint bench
 
@@ -43,6 +44,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/llm-st demo
 
 test: $(VENV)/.installed-test
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test

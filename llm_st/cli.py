@@ -364,9 +364,22 @@ def _pipeline(args: argparse.Namespace) -> object:
         )
     if args.model:
         return ForecastPipeline.from_pretrained(
-            args.model, args.history, args.horizon, device=args.device, dtype=args.dtype
+            args.model,
+            args.history,
+            args.horizon,
+            device=args.device,
+            dtype=args.dtype,
+            num_samples=args.samples or 10,
         )
     return ForecastPipeline.from_method(args.method, args.history, args.horizon)
+
+
+def _time_text(value: object) -> str:
+    """A cut-off as printed: a timestamp without nanoseconds, or a row number."""
+    import numpy as np
+    import pandas as pd
+
+    return str(pd.Timestamp(value)) if isinstance(value, np.datetime64) else f"row {value}"
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
@@ -376,12 +389,13 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     pipeline = _pipeline(args)
     at = [a for item in args.at for a in item.split(",") if a.strip()] or None
     at = None if at is None else [int(a) if a.lstrip("-").isdigit() else a for a in at]
-    forecast = pipeline.predict(args.data, at=at, data_dir=args.data_dir)
+    samples = (args.samples or 0) if args.run else 0  # --model samples as it is built
+    forecast = pipeline.predict(args.data, at=at, data_dir=args.data_dir, num_samples=samples)
     write_forecast(forecast, out, overwrite=args.overwrite)
     W, H, N, C = forecast.shape
     print(
         f"{pipeline.name}: {W} window(s) x {H} steps x {N} nodes x {C} channels, "
-        f"after {forecast.cutoffs[0]}{' ...' if W > 1 else ''} -> {out}"
+        f"after {_time_text(forecast.cutoffs[0])}{' ...' if W > 1 else ''} -> {out}"
     )
 
 
@@ -429,6 +443,12 @@ def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--horizon", type=int, default=12, help="with --model/--method: steps forecast (12)"
+    )
+    parser.add_argument(
+        "--samples",
+        type=int,
+        help="sample paths per series: --model (default 10), or a --run trained with a "
+        "probabilistic objective (default 0: point forecasts)",
     )
     parser.add_argument("--data-dir", help="directory holding the named datasets")
     _add_device_arguments(parser)
@@ -480,11 +500,33 @@ def _add_predict_commands(sub: argparse._SubParsersAction) -> None:
     evaluate.set_defaults(func=_cmd_evaluate)
 
 
+def _cmd_export(args: argparse.Namespace) -> None:
+    from llm_st.pipeline.export import export_merged
+
+    out = export_merged(args.run, args.out)
+    print(f"merged the LoRA backbone of {args.run}: {out}/backbone (Hugging Face model), "
+          f"{out} (a run: llm-st predict --run {out} ...)")  # fmt: skip
+
+
+def _add_export_command(sub: argparse._SubParsersAction) -> None:
+    export = sub.add_parser(
+        "export",
+        help="merge a LoRA run into one model for serving",
+        description="Fold the LoRA adapter of --run into its backbone (in full precision, "
+        "QLoRA runs too) and write --out/backbone (a Hugging Face model directory) and a run "
+        "directory in --out that forecasts with it.",
+    )
+    export.add_argument("--run", required=True, help="run directory trained with LoRA / QLoRA")
+    export.add_argument("--out", required=True, help="new directory for the merged model")
+    export.set_defaults(func=_cmd_export)
+
+
 # ----------------------------------------------------------------- entry point
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_align_command,
     _add_data_commands,
     _add_demo_command,
+    _add_export_command,
     _add_predict_commands,
     _add_prompt_commands,
     _add_train_command,

@@ -6,7 +6,7 @@ the few calls that differ between numpy and torch. With torch inputs the result 
 a 0-d tensor that keeps its graph (``masked_mae`` doubles as a training loss); with
 numpy inputs it is a numpy float.
 
-Conventions (BasicTS / DCRNN masked metrics, GUIDE section 5):
+Conventions (BasicTS / DCRNN masked metrics, ``docs/protocol.md``):
 
 - An entry counts ("is observed") when the given ``mask`` is nonzero there, the
   target is finite, and the target is not ``null_value`` (compared with absolute

@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 
+from llm_st.bench.report import text_table
 from llm_st.data.scalers import make_scaler
 from llm_st.data.synthetic import synthetic_traffic
 from llm_st.data.windows import WindowDataset, WindowIndex
@@ -90,10 +91,7 @@ def main(argv: list[str] | None = None) -> None:
             f"({(rss_batched - rss_imports) / nbytes:.2f}x above imports)",
         ),
     ]
-    width = max(len(name) for name, _ in rows)
-    print(f"{'figure':<{width}}  value")
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
+    print(text_table(["figure", "value"], [list(row) for row in rows]))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from transformers.pytorch_utils import Conv1D
 from llm_st.backbones.frozen import FrozenBackbone
 from llm_st.backbones.lora import is_lora_parameter, weight_memory
 from llm_st.backbones.spec import BackboneSpec
+from llm_st.bench.report import text_table
 from llm_st.engine import count_parameters
 
 MODES = ("full", "lora", "qlora")
@@ -117,24 +118,29 @@ def main(argv: list[str] | None = None) -> int:
         f"CPU, {args.threads} thread(s), batch {args.batch} x {args.tokens} tokens, "
         f"LoRA r={args.r}; step = forward + backward, median of {args.steps}"
     )
-    header = (
-        f"{'backbone':<18} {'mode':<6} {'trainable':>11} {'total':>12} {'train %':>8} "
-        f"{'weights MiB':>11} {'vs full':>8} {'linear MiB':>10} {'vs full':>8} "
-        f"{'step ms':>9}"
-    )
-    print(header)
-    print("-" * len(header))
+    head = ["backbone", "mode", "trainable", "total", "train %", "weights MiB", "vs full"]
+    head += ["linear MiB", "vs full", "step ms"]
+    body = []
     for label, name in models:
         full = None
         for mode in MODES:
             row = measure(name, mode, args)
             full = full or row
-            print(
-                f"{label:<18} {mode:<6} {row['trainable']:>11,} {row['total']:>12,} "
-                f"{100 * row['trainable'] / row['total']:>7.2f}% {row['mib']:>11.2f} "
-                f"{row['mib'] / full['mib']:>7.2f}x {row['linear_mib']:>10.2f} "
-                f"{row['linear_mib'] / full['linear_mib']:>7.2f}x {row['step_ms']:>9.1f}"
+            body.append(
+                [
+                    label,
+                    mode,
+                    f"{row['trainable']:,}",
+                    f"{row['total']:,}",
+                    f"{100 * row['trainable'] / row['total']:.2f}%",
+                    f"{row['mib']:.2f}",
+                    f"{row['mib'] / full['mib']:.2f}x",
+                    f"{row['linear_mib']:.2f}",
+                    f"{row['linear_mib'] / full['linear_mib']:.2f}x",
+                    f"{row['step_ms']:.1f}",
+                ]
             )
+    print(text_table(head, body))
     return 0
 
 

