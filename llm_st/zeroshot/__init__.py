@@ -1,6 +1,19 @@
 """Zero-shot forecasting with causal LMs: serialized prompts, constrained decoding."""
 
-from llm_st.zeroshot.constrained import NumberConstraint, NumberGrammar
-from llm_st.zeroshot.forecaster import ZeroShotForecaster, pick_windows
+from llm_st.zeroshot.constrained import GrammarTables, NumberConstraint, NumberGrammar
+from llm_st.zeroshot.forecaster import (
+    ZeroShotForecaster,
+    auto_batch_size,
+    decoding_bytes_per_sequence,
+    pick_windows,
+)
 
-__all__ = ["NumberConstraint", "NumberGrammar", "ZeroShotForecaster", "pick_windows"]
+__all__ = [
+    "GrammarTables",
+    "NumberConstraint",
+    "NumberGrammar",
+    "ZeroShotForecaster",
+    "auto_batch_size",
+    "decoding_bytes_per_sequence",
+    "pick_windows",
+]

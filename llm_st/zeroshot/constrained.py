@@ -9,16 +9,22 @@ state when the state's text plus the token's text is still a prefix of a value. 
 from which no value can be completed with the tokenizer's tokens are pruned, so a
 sequence that follows the automaton always parses.
 
-:class:`NumberConstraint` is the ``transformers`` logits processor: per generated row it
-tracks the automaton state and the number of finished values, masks every other token
-to ``-inf``, and after exactly ``horizon`` values admits only the end-of-sequence token.
+:meth:`NumberGrammar.tables` compiles the automaton once per vocabulary width, device and
+end token into two tensors (:class:`GrammarTables`): the allowed tokens of each state and
+the state each token leads to. :class:`NumberConstraint`, the ``transformers`` logits
+processor, then decodes a whole batch with tensor operations: it looks up every row's
+next state from the token just generated, counts finished values per row, masks every
+other token to ``-inf``, and after exactly ``horizon`` values admits only the
+end-of-sequence token. Nothing inside ``generate`` waits for the device (no
+``.tolist()``, ``.item()`` or loop over rows), so on a GPU the constraint costs a few
+kernel launches per step whatever the batch.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from transformers import LogitsProcessor
 
@@ -103,7 +109,7 @@ class NumberGrammar:
         }
         self._text_of = {i: text for text, ids in groups.items() for i in ids}
         self._groups = groups
-        self._masks: dict[tuple[str, int, str], torch.Tensor] = {}
+        self._tables: dict[tuple[int, str, int], GrammarTables] = {}
 
     @property
     def states(self) -> list[str]:
@@ -122,23 +128,76 @@ class NumberGrammar:
         """Token ids allowed in ``state``."""
         return [i for text in self._edges.get(state, {}) for i in self._groups[text]]
 
-    def mask(self, state: str, vocab_size: int, device: torch.device) -> torch.Tensor:
-        """``[vocab_size]`` bool: the tokens allowed in ``state`` (cached)."""
-        key = (state, vocab_size, str(device))
-        if key not in self._masks:
-            out = torch.zeros(vocab_size, dtype=torch.bool, device=device)
-            ids = [i for i in self.allowed_ids(state) if i < vocab_size]
-            out[torch.as_tensor(ids, dtype=torch.long, device=device)] = True
-            self._masks[key] = out
-        return self._masks[key]
+    def tables(self, vocab_size: int, device: torch.device, eos_token_id: int) -> GrammarTables:
+        """The automaton as tensors on ``device`` for scores ``[rows, vocab_size]`` (cached).
+
+        State ``i < K`` is :attr:`states` ``[i]`` (0 is the start of a value); token ids at
+        or beyond ``vocab_size`` are never allowed.
+        """
+        key = (vocab_size, str(device), int(eos_token_id))
+        if key not in self._tables:
+            states = self.states
+            index = {state: i for i, state in enumerate(states)}
+            finished, done = len(states), len(states) + 1
+            allowed = torch.zeros(finished + 1, vocab_size, dtype=torch.bool)
+            # a token not allowed in a state ends the row (a later processor let it through)
+            next_state = torch.full((finished + 1, vocab_size), finished, dtype=torch.int32)
+            for i, state in enumerate(states):
+                for text, nxt in self._edges[state].items():
+                    ids = torch.as_tensor(self._groups[text], dtype=torch.long)
+                    ids = ids[ids < vocab_size]
+                    allowed[i, ids] = True
+                    next_state[i, ids] = done if nxt == _DONE else index[nxt]
+            allowed[finished, eos_token_id] = True
+            self._tables[key] = GrammarTables(
+                tuple(states), allowed.to(device), next_state.to(device)
+            )
+        return self._tables[key]
+
+
+@dataclass(frozen=True)
+class GrammarTables:
+    """A :class:`NumberGrammar` compiled into tensors for one vocabulary width and device.
+
+    With ``K = len(states)`` live states, row ``K`` of both tables is the pseudo-state
+    *finished* (``horizon`` values written: only the end token) and the value ``K + 1`` in
+    :attr:`next_state` is the pseudo-state *value done* (the token completed a value; the
+    row restarts at state 0 or is finished). Memory: ``(K + 1) * vocab`` bytes for the mask
+    plus four times that for the transitions; a 150k vocabulary with 40 states takes
+    about 30 MB, a 32k one about 7 MB.
+
+    Attributes
+    ----------
+    states
+        ``[K]`` the normalized partial values, ``states[0] == ""``.
+    allowed
+        ``[K + 1, vocab]`` bool: the tokens allowed in each state.
+    next_state
+        ``[K + 1, vocab]`` int32: the state after each token (``K`` for a token that is not
+        allowed, ``K + 1`` for one that completes a value).
+    """
+
+    states: tuple[str, ...]
+    allowed: torch.Tensor
+    next_state: torch.Tensor
+
+    @property
+    def finished(self) -> int:
+        return len(self.states)
+
+    @property
+    def done(self) -> int:
+        return len(self.states) + 1
 
 
 class NumberConstraint(LogitsProcessor):
     """Logits processor: exactly ``horizon`` values in the grammar's format, then the end.
 
     One instance per ``generate`` call; rows are the ``batch x num_return_sequences``
-    sequences ``generate`` decodes. The first call fixes the prompt length; each later
-    call advances every row's state by the token just generated.
+    sequences ``generate`` decodes. The first call fixes the prompt length and compiles
+    (or fetches) the grammar's tables for the scores' width and device; each later call
+    advances every row's state by the token just generated. Every step is a handful of
+    batched tensor operations on the scores' device, without a host synchronization.
 
     Parameters
     ----------
@@ -148,37 +207,35 @@ class NumberConstraint(LogitsProcessor):
         Values to generate per row.
     eos_token_id
         The token that ends a row once ``horizon`` values are written.
+
+    Attributes
+    ----------
+    state
+        ``[rows]`` int64 index into the tables' states (``K`` = finished), None before the
+        first call.
+    count
+        ``[rows]`` int64 values completed per row.
     """
 
     def __init__(self, grammar: NumberGrammar, horizon: int, eos_token_id: int):
         self.grammar = grammar
         self.horizon = horizon
         self.eos_token_id = int(eos_token_id)
-        self.states: list[str] | None = None
-        self.done: np.ndarray | None = None
+        self.tables: GrammarTables | None = None
+        self.state: torch.Tensor | None = None
+        self.count: torch.Tensor | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        rows, vocab = scores.shape
-        if self.states is None:
-            self.states = [""] * rows
-            self.done = np.zeros(rows, dtype=np.int64)
+        if self.state is None:
+            rows, vocab = scores.shape
+            self.tables = self.grammar.tables(vocab, scores.device, self.eos_token_id)
+            self.state = torch.zeros(rows, dtype=torch.long, device=scores.device)
+            self.count = torch.zeros(rows, dtype=torch.long, device=scores.device)
         else:
-            for r, token in enumerate(input_ids[:, -1].tolist()):
-                if self.done[r] >= self.horizon:
-                    continue  # finished: end token or padding
-                moved = self.grammar.step(self.states[r], token)
-                if moved is None:  # a later processor let a disallowed token through: stop the row
-                    self.done[r] = self.horizon
-                    continue
-                self.states[r], completed = moved
-                self.done[r] += completed
-        allowed = torch.zeros_like(scores, dtype=torch.bool)
-        by_state: dict[str, list[int]] = {}
-        for r, state in enumerate(self.states):
-            if self.done[r] >= self.horizon:
-                allowed[r, self.eos_token_id] = True
-            else:
-                by_state.setdefault(state, []).append(r)
-        for state, members in by_state.items():
-            allowed[members] = self.grammar.mask(state, vocab, scores.device)
-        return scores.masked_fill(~allowed, float("-inf"))
+            tables = self.tables
+            moved = tables.next_state[self.state, input_ids[:, -1]].long()  # [rows]
+            completed = moved == tables.done
+            self.count += completed
+            restart = torch.where(self.count >= self.horizon, tables.finished, 0)
+            self.state = torch.where(completed, restart, moved)
+        return torch.where(self.tables.allowed[self.state], scores, float("-inf"))

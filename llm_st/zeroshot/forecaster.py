@@ -5,8 +5,10 @@ scale with the serializer's own scaling (LLMTime; the task's scaler is not used)
 rendered through a template, and continued by the model with
 :class:`~llm_st.zeroshot.constrained.NumberConstraint`, so every continuation is exactly
 ``horizon`` numbers. ``num_samples`` continuations per series give the median (the point
-forecast) and quantiles. Generation is batched: several series per ``generate`` call,
-left padding with attention masks, the KV cache, ``num_return_sequences`` samples.
+forecast) and quantiles. Generation is batched: several series per ``generate`` call
+(``batch_size="auto"`` fills the free GPU memory, see :func:`auto_batch_size`), left
+padding with attention masks, the KV cache (static and with a compiled decode step on
+CUDA), ``num_return_sequences`` samples.
 
 The windows are those of every other method (``task.dataset(part)``), so
 :func:`llm_st.evaluation.evaluate.score_forecast` scores the forecast on exactly the
@@ -39,16 +41,82 @@ from llm_st.zeroshot.constrained import NumberConstraint, NumberGrammar
 
 logger = logging.getLogger("llm_st")
 
+CPU_BATCH_SIZE = 8  # series per generate call where memory is not what limits the batch
+MEMORY_FRACTION = 0.8  # of the free GPU memory that batch_size="auto" plans to fill
+# bytes per vocabulary entry of one sequence while a step's scores are processed: the float32
+# logits, the constrained scores, probabilities, and top-p's sorted values and int64 indices
+_SCORE_BYTES = 32
+
+
+def _text_config(model_config: Any) -> Any:
+    """The language model's part of a (possibly multimodal) config."""
+    get = getattr(model_config, "get_text_config", None)
+    return get() if get is not None else model_config
+
 
 def _max_positions(model: Any, tokenizer: Any) -> int | None:
     """The longest sequence the model takes, from its config or the tokenizer."""
-    config = (
-        model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    )
+    config = _text_config(model.config)
     limits = [getattr(config, name, None) for name in ("max_position_embeddings", "n_positions")]
     limits.append(getattr(tokenizer, "model_max_length", None))
     limits = [int(x) for x in limits if isinstance(x, int) and 0 < x < 10**7]
     return min(limits) if limits else None
+
+
+def decoding_bytes_per_sequence(
+    model_config: Any, dtype: torch.dtype, prompt_tokens: int, new_tokens: int
+) -> int:
+    """Device memory one decoded sequence needs, from the model's config.
+
+    Its key/value cache, ``2 * layers * kv_heads * head_dim * itemsize`` bytes per token
+    for ``prompt_tokens + new_tokens`` tokens, plus the larger of the prefill's transient
+    activations (one block's hidden states, attention projections and MLP activations,
+    ``prompt_tokens * (4 * hidden + 3 * intermediate) * itemsize``) and a decode step's
+    score tensors (``vocab * 32`` bytes: float32 logits, constrained scores,
+    probabilities, top-p's sorted values and indices).
+
+    Parameters
+    ----------
+    model_config
+        A ``transformers`` config (GPT-2 and LLaMA-style names are both read).
+    dtype
+        The dtype of the model's activations and cache (``model.dtype``).
+    prompt_tokens, new_tokens
+        Longest prompt and the answer's token budget.
+    """
+    config = _text_config(model_config)
+    hidden = config.hidden_size
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    intermediate = (
+        getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * hidden
+    )
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    kv = (
+        2 * config.num_hidden_layers * kv_heads * head_dim * itemsize * (prompt_tokens + new_tokens)
+    )
+    prefill = prompt_tokens * (4 * hidden + 3 * intermediate) * itemsize
+    return kv + max(prefill, config.vocab_size * _SCORE_BYTES)
+
+
+def auto_batch_size(
+    model_config: Any,
+    dtype: torch.dtype,
+    prompt_tokens: int,
+    new_tokens: int,
+    num_samples: int,
+    free_bytes: int,
+) -> int:
+    """Series per ``generate`` call that fit in :data:`MEMORY_FRACTION` of ``free_bytes``.
+
+    Each series decodes ``num_samples`` sequences of
+    :func:`decoding_bytes_per_sequence` bytes; at least 1.
+    """
+    per_series = num_samples * decoding_bytes_per_sequence(
+        model_config, dtype, prompt_tokens, new_tokens
+    )
+    return max(1, int(MEMORY_FRACTION * free_bytes) // per_series)
 
 
 def pick_windows(num_windows: int, max_windows: int | None) -> np.ndarray:
@@ -87,7 +155,15 @@ class ZeroShotForecaster:
     quantile_levels
         Levels of the returned quantiles.
     batch_size
-        Series per ``generate`` call (each with ``num_samples`` sequences).
+        Series per ``generate`` call (each with ``num_samples`` sequences); ``"auto"``: on
+        CUDA as many as fit in the free memory (:func:`auto_batch_size`), elsewhere
+        :data:`CPU_BATCH_SIZE`.
+    static_cache
+        Decode with a static KV cache sized once per :meth:`forecast_windows` call, which
+        lets ``transformers`` compile the decode step with ``torch.compile`` (on CUDA;
+        the first call compiles, later calls with the same shapes reuse it). Default: on
+        for CUDA models, off elsewhere (on the CPU it gives the same tokens without the
+        compiled step, so it only adds the cache's padding).
     num_neighbors, description
         Passed to :class:`~llm_st.prompting.context.PromptBuilder`.
     seed
@@ -105,15 +181,19 @@ class ZeroShotForecaster:
         top_p: float = 0.9,
         max_context: int | None = None,
         quantile_levels: Sequence[float] = DEFAULT_QUANTILES,
-        batch_size: int = 8,
+        batch_size: int | str = "auto",
         num_neighbors: int = 5,
         description: str | None = None,
         seed: int = 0,
+        static_cache: bool | None = None,
     ):
-        if num_samples < 1 or batch_size < 1:
+        if num_samples < 1 or not (
+            batch_size == "auto" or (isinstance(batch_size, int) and batch_size >= 1)
+        ):
             raise ConfigError(
-                f"num_samples={num_samples}, batch_size={batch_size} must be positive",
-                "use e.g. 10 and 8",
+                f"num_samples={num_samples}, batch_size={batch_size!r}: num_samples must be "
+                "positive, batch_size a positive integer or 'auto'",
+                "use e.g. num_samples=10 and batch_size='auto' or 8",
             )
         if temperature < 0 or not 0 < top_p <= 1:
             raise ConfigError(
@@ -144,6 +224,7 @@ class ZeroShotForecaster:
         self.quantile_levels = tuple(quantile_levels)
         self.batch_size = batch_size
         self.seed = seed
+        self.static_cache = static_cache
         self.name = str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
         self._grammars: dict[int, NumberGrammar] = {}
 
@@ -247,17 +328,50 @@ class ZeroShotForecaster:
                     "use a model with a longer context or a shorter horizon",
                 )
             batch = self.builder.fit_to_budget(batch, self.max_context - max_new)
-        texts = self._generate(batch, grammar, horizon, max_new, progress)  # [S, M]
+        lengths = self.builder.token_lengths(batch)  # [M] prompt tokens
+        texts = self._generate(batch, lengths, grammar, horizon, max_new, progress)  # [S, M]
         parsed = batch.serializer.parse(texts, horizon)  # values [S, M, H]
         return self._assemble(
-            data, batch, parsed.values, parsed.valid, starts, history, horizon, node_idx, began
+            data,
+            batch,
+            lengths,
+            parsed.values,
+            parsed.valid,
+            starts,
+            history,
+            horizon,
+            node_idx,
+            began,
         )
 
+    def _resolve_batch_size(self, device: torch.device, prompt_tokens: int, new_tokens: int) -> int:
+        """Series per ``generate`` call for prompts of at most ``prompt_tokens`` tokens."""
+        if self.batch_size != "auto":
+            return self.batch_size
+        if device.type != "cuda":
+            return CPU_BATCH_SIZE
+        free, _ = torch.cuda.mem_get_info(device)
+        size = auto_batch_size(
+            self.model.config, self.model.dtype, prompt_tokens, new_tokens, self.num_samples, free
+        )
+        logger.info("zero-shot batch: %d series (%.1f GiB free)", size, free / 2**30)
+        return size
+
     def _generate(
-        self, batch: PromptBatch, grammar: NumberGrammar, horizon: int, max_new: int, progress: bool
+        self,
+        batch: PromptBatch,
+        lengths: np.ndarray,
+        grammar: NumberGrammar,
+        horizon: int,
+        max_new: int,
+        progress: bool,
     ) -> np.ndarray:
         """``[S, M]`` generated texts."""
         tok, S, M = self.tokenizer, self.num_samples, len(batch.texts)
+        device = next(self.model.parameters()).device
+        longest = int(lengths.max())
+        batch_size = self._resolve_batch_size(device, longest, max_new)
+        static = device.type == "cuda" if self.static_cache is None else self.static_cache
         sample = self.temperature > 0
         config = GenerationConfig(
             max_new_tokens=max_new,
@@ -269,12 +383,18 @@ class ZeroShotForecaster:
             eos_token_id=tok.eos_token_id,
             pad_token_id=tok.pad_token_id,
             use_cache=True,
+            # one cache size for every chunk, so a compiled decode step is reused
+            cache_implementation="static" if static else None,
+            max_cache_len=longest + max_new if static else None,
         )
-        device = next(self.model.parameters()).device
+        # the grammar's tables reach the device now, not inside generate's first step
+        grammar.tables(_text_config(self.model.config).vocab_size, device, tok.eos_token_id)
         out = np.empty((S, M), dtype=object)
-        chunks = [np.arange(i, min(i + self.batch_size, M)) for i in range(0, M, self.batch_size)]
+        chunks = [np.arange(i, min(i + batch_size, M)) for i in range(0, M, batch_size)]
         devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), torch.inference_mode():
+        # no_grad (generate's own), not inference_mode: torch.compile's CUDA-graph decode step
+        # fails on inference tensors in some torch releases
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
             torch.manual_seed(self.seed)
             for chunk in tqdm(
                 chunks, desc="zero-shot", disable=not progress or len(chunks) < 4, leave=False
@@ -304,6 +424,7 @@ class ZeroShotForecaster:
         self,
         data: STData,
         batch: PromptBatch,
+        prompt_tokens: np.ndarray,
         values: np.ndarray,
         sample_valid: np.ndarray,
         starts: np.ndarray,
@@ -337,7 +458,6 @@ class ZeroShotForecaster:
         forecast.point = np.where(missing, fallback, forecast.point).astype(np.float32)
         if forecast.quantiles is not None:
             forecast.quantiles = np.where(missing, fallback, forecast.quantiles).astype(np.float32)
-        prompt_tokens = self.builder.token_lengths(batch)
         forecast.meta = {
             "model": self.name,
             "template": self.builder.template.name,
