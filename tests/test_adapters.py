@@ -323,22 +323,22 @@ def test_timellm_prompt_states_the_statistics_of_the_normalized_history(dirs):
 
 
 @pytest.mark.parametrize("family", ["tiny-gpt2", "tiny-llama", "tiny-bert"])
-def test_timellm_prompt_cache_equals_recomputation_and_embeds_each_prefix_once(dirs, family):
+def test_timellm_prompt_cache_equals_recomputation_and_tokenizes_each_prefix_once(dirs, family):
     cached = make("timellm", dirs[family], seed=3).eval()
     plain = make("timellm", dirs[family], seed=3, prompt_cache=False).eval()
     batch = make_batch(GRAPH, batch=4)
     with torch.no_grad():
         first = cached(batch)
-        assert cached.prefix.num_embedded == 4 * 5  # one prefix per (window, node)
+        assert cached.prefix.num_tokenized == 4 * 5  # one prefix per (window, node)
         second = cached(batch)
-        assert cached.prefix.num_embedded == 20 and len(cached.prefix.cache) == 20
+        assert cached.prefix.num_tokenized == 20 and len(cached.prefix.cache) == 20
         reference = plain(batch)
         plain(batch)
-    assert plain.prefix.num_embedded == 40
+    assert plain.prefix.num_tokenized == 40
     assert torch.equal(first, second) and torch.equal(first, reference)
-    twin = copy.deepcopy(cached)  # a copy takes its cache along: nothing is embedded again
+    twin = copy.deepcopy(cached)  # a copy takes its cache along: nothing is tokenized again
     with torch.no_grad():
-        assert torch.equal(twin(batch), first) and twin.prefix.num_embedded == 20
+        assert torch.equal(twin(batch), first) and twin.prefix.num_tokenized == 20
 
 
 def test_timellm_forecast_does_not_depend_on_the_other_prompts_in_the_batch(dirs):
@@ -401,10 +401,56 @@ def test_reduced_precision_backbone_inside_an_adapter(dirs):
     batch = make_batch(GRAPH)
     with torch.no_grad():
         first, second, reference = cached(batch), cached(batch), plain(batch)
-    assert first.dtype == torch.float32  # bf16 prefixes cached as float32 come back exactly
+    assert first.dtype == torch.float32  # cached token ids give the bf16 rows exactly
     assert torch.equal(first, second) and torch.equal(first, reference)
     model = make("gpt4ts", dirs["tiny-llama"], backbone=half)
     model(batch).square().mean().backward()
     assert all(
         p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad
     )
+
+
+def test_timellm_keeps_the_backbone_dtype_and_copies_no_vocabulary(dirs):
+    model = make("timellm", dirs["tiny-llama"])
+    table = model.word_embedding_matrix()
+    # float32: the prototypes are the prototype map over the vocabulary, bit for bit
+    assert torch.equal(model.prototypes(), model.prototype_map(table.t()).t())
+    half = make("timellm", dirs["tiny-llama"], backbone={"dtype": "bfloat16"}).train()
+    table = half.word_embedding_matrix()
+    vocab = table.shape[0]
+    prototypes = half.prototypes()  # in bf16 now: the map's weight rounded in the product
+    assert prototypes.dtype == torch.bfloat16 and prototypes.shape == (16, D)
+    exact = half.prototype_map(table.float().t()).t()
+    torch.testing.assert_close(prototypes.float(), exact, rtol=2e-2, atol=2e-3)
+    seen: dict[str, torch.Tensor] = {}
+    half.body.register_forward_pre_hook(lambda _m, args: seen.update(body_in=args[0]))
+    half.body.register_forward_hook(lambda _m, _args, out: seen.update(body_out=out))
+    half.head.register_forward_pre_hook(lambda _m, args: seen.update(head_in=args[0]))
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = half(make_batch(GRAPH))
+    S, P = 3 * 5, half.num_patches
+    # prefix + patches go in and come out in bf16; only the head's d_ff features are float32
+    assert seen["body_in"].dtype == seen["body_out"].dtype == torch.bfloat16
+    assert seen["body_in"].shape[0] == S and seen["body_in"].shape[1] > P
+    assert seen["head_in"].dtype == torch.float32 and seen["head_in"].shape == (S, P, 8)
+    # the backward pass keeps the vocabulary itself (a view), no float32 or transposed copy
+    vocabulary = [t for t in saved if vocab in t.shape]
+    assert vocabulary and all(
+        t.untyped_storage().data_ptr() == table.untyped_storage().data_ptr() for t in vocabulary
+    )
+    y.square().mean().backward()
+    grad = half.prototype_map.weight.grad
+    assert grad.dtype == torch.float32 and grad.abs().sum() > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_adapters_train_on_the_gpu_with_every_tensor_there(dirs, adapter):
+    model = make(adapter, dirs["tiny-llama"], backbone={"gradient_checkpointing": True})
+    model.cuda().train()
+    batch = {k: v.cuda() for k, v in make_batch(GRAPH).items()}
+    y = model(batch)
+    assert y.device.type == "cuda" and y.shape == (3, 12, 5, 1)
+    y.square().mean().backward()
+    assert all(p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad)

@@ -67,6 +67,8 @@ def trainable(model: nn.Module) -> set[str]:
             "/models/llama", freeze="qlora", lora={"r": 4, "target_modules": ["q_proj", "v_proj"]}
         ),
         BackboneSpec("minilm", mode="llm2attn", attention_dropout=0.0, trust_remote_code=True),
+        BackboneSpec("/models/llama", freeze="qfrozen", gradient_checkpointing=True),
+        BackboneSpec("tiny-gpt2", freeze="layernorm", gradient_checkpointing=True),
     ],
 )
 def test_a_spec_round_trips_through_plain_yaml(spec):
@@ -88,16 +90,41 @@ def test_lora_settings_are_resolved_by_the_policy():
         "target_modules": "auto",
         "quantize": "4bit",
         "compute_dtype": "auto",
-        "gradient_checkpointing": False,
     }
     assert BackboneSpec.from_value("some/model") == BackboneSpec("some/model")
     assert BackboneSpec.from_value(Path("/models/gpt2")).source == "/models/gpt2"
+
+
+def test_qfrozen_takes_the_quantization_settings_only():
+    # the same 4-bit loading as qlora, no LoRA layers to configure
+    assert BackboneSpec("x", freeze="qfrozen").lora == LoraSettings(quantize="4bit")
+    spec = BackboneSpec("x", freeze="qfrozen", lora={"compute_dtype": "bfloat16"})
+    assert spec.lora == LoraSettings(quantize="4bit", compute_dtype="bfloat16")
+    assert spec.to_dict()["lora"] == {"quantize": "4bit", "compute_dtype": "bfloat16"}
+    eight = BackboneSpec("x", freeze="qfrozen", lora=LoraSettings(quantize="8bit"))
+    assert BackboneSpec.from_value(yaml.safe_load(yaml.safe_dump(eight.to_dict()))) == eight
+    # a qlora spec switched to qfrozen keeps its quantization if its LoRA is the default
+    qlora = BackboneSpec("x", freeze="qlora", lora={"compute_dtype": "float16"})
+    assert BackboneSpec.from_value({"freeze": "qfrozen"}, qlora).lora == qlora.lora
+    rank4 = BackboneSpec("x", freeze="qlora", lora={"r": 4})
+    with pytest.raises(ConfigError, match=r"no LoRA layers, but lora settings \['r'\] are given"):
+        BackboneSpec.from_value({"freeze": "qfrozen"}, rank4)
+    # checkpointing is a field of its own, for every policy, off by default
+    assert not BackboneSpec("x").gradient_checkpointing
+    assert BackboneSpec("x", freeze="attention", gradient_checkpointing=True).lora is None
 
 
 @pytest.mark.parametrize(
     ("fields", "match"),
     [
         ({"freeze": "layernorm", "lora": {"r": 8}}, "'layernorm' does not use LoRA"),
+        ({"freeze": "qfrozen", "lora": {"r": 8}}, r"qfrozen' has no LoRA layers.*\['r'\]"),
+        (
+            {"freeze": "qfrozen", "lora": {"quantize": "none"}},
+            "freeze='qfrozen' with lora.quantize='none'",
+        ),
+        ({"freeze": "qlora", "lora": {"gradient_checkpointing": True}}, "unknown lora settings"),
+        ({"gradient_checkpointing": "yes"}, "gradient_checkpointing='yes' is not a boolean"),
         ({"lora": {"r": 8}}, "'frozen' does not use LoRA"),
         ({"mode": "none", "freeze": "lora"}, "mode 'none' has no pretrained blocks"),
         ({"mode": "llm2attn", "freeze": "qlora"}, "mode 'llm2attn' has no pretrained blocks"),

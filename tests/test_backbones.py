@@ -16,7 +16,6 @@ from llm_st.backbones.cache import PrefixEmbedder
 from llm_st.backbones.frozen import FrozenBackbone, load_backbone, load_word_embeddings
 from llm_st.backbones.hub import load_tokenizer
 from llm_st.backbones.spec import BackboneSpec
-from llm_st.backbones.text_encoder import EmbeddingCache
 from llm_st.engine.accel import param_groups
 from llm_st.errors import ConfigError, DataError, ModelLoadError
 
@@ -299,28 +298,33 @@ def test_tiny_bert_tokenizer_behaves_like_bert(dirs):
 # ---------------------------------------------------------------------- prefix cache
 
 
+TEXTS = [
+    "min value 1.250, trend upward",
+    "a",
+    "min value 1.250, trend upward",
+    "top 5 lags are : 1, 2, 3",
+]
+
+
 @pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
-def test_prefix_cache_equals_recomputation_and_embeds_each_text_once(dirs, name):
+def test_prefix_cache_equals_recomputation_and_tokenizes_each_text_once(dirs, name):
     tokenizer = load_tokenizer(dirs[name])
     table = load_word_embeddings(dirs[name])
-    texts = [
-        "min value 1.250, trend upward",
-        "a",
-        "min value 1.250, trend upward",
-        "top 5 lags are : 1, 2, 3",
-    ]
     cached = PrefixEmbedder(tokenizer, cache=True)
     plain = PrefixEmbedder(tokenizer, cache=False)
-    assert isinstance(cached.cache, EmbeddingCache)
-    first, mask = cached(texts, table)
-    again, again_mask = cached(texts[::-1], table)
-    assert cached.num_embedded == 3 and len(cached.cache) == 3  # 3 distinct texts, once each
-    reference, reference_mask = plain(texts, table)
-    assert plain.num_embedded == 4
+    first, mask = cached(TEXTS, table)
+    again, again_mask = cached(TEXTS[::-1], table)
+    assert cached.num_tokenized == 3 and len(cached.cache) == 3  # 3 distinct texts, once each
+    reference, reference_mask = plain(TEXTS, table)
+    assert plain.num_tokenized == 4 and plain.cache is None
     assert torch.equal(first, reference) and torch.equal(mask, reference_mask)
     assert torch.equal(again, reference.flip(0)) and torch.equal(again_mask, mask.flip(0))
+    # the cache holds the token ids (int32, 4 bytes a token, on the CPU), not embeddings
+    lengths = {t: len(tokenizer(t)["input_ids"]) for t in TEXTS}
+    assert cached.cached_bytes == 4 * sum(lengths.values())  # the 3 distinct texts
+    assert all(i.dtype == torch.int32 and i.device.type == "cpu" for i in cached.cache.values())
     # left padding: each prefix is its token embeddings, ending at the last position
-    for text, row, valid in zip(texts, first, mask, strict=True):
+    for text, row, valid in zip(TEXTS, first, mask, strict=True):
         ids = tokenizer(text)["input_ids"]
         assert int(valid.sum()) == len(ids) and bool(valid[-len(ids) :].all())
         assert torch.equal(row[-len(ids) :], table[torch.tensor(ids)])
@@ -328,8 +332,31 @@ def test_prefix_cache_equals_recomputation_and_embeds_each_text_once(dirs, name)
     # a full cache stops admitting texts; the outputs stay the same
     tiny = PrefixEmbedder(tokenizer, cache=True, cache_limit_mb=1e-6)
     for _ in range(2):
-        out, _ = tiny(texts, table)
+        out, _ = tiny(TEXTS, table)
         assert torch.equal(out, reference)
-    assert len(tiny.cache) == 0 and tiny.full and tiny.num_embedded == 6
-    short = PrefixEmbedder(tokenizer, max_tokens=2, cache=False)(texts, table)[1]
+    assert len(tiny.cache) == 0 and tiny.full and tiny.num_tokenized == 6
+    short = PrefixEmbedder(tokenizer, max_tokens=2, cache=False)(TEXTS, table)[1]
     assert short.sum(1).max() == 2
+
+
+def test_prefix_embeddings_are_the_table_rows_in_its_dtype(dirs):
+    tokenizer = load_tokenizer(dirs["tiny-llama"])
+    table = load_word_embeddings(dirs["tiny-llama"])
+    embedder = PrefixEmbedder(tokenizer)
+    full, mask = embedder(TEXTS, table)
+    for dtype in (torch.bfloat16, torch.float16):
+        half, half_mask = embedder(TEXTS, table.to(dtype))
+        assert half.dtype == dtype and torch.equal(half, full.to(dtype))
+        assert torch.equal(half_mask, mask)
+    assert embedder.num_tokenized == 3  # the ids serve every dtype
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_prefix_embeddings_are_made_on_the_gpu_of_the_table(dirs):
+    tokenizer = load_tokenizer(dirs["tiny-llama"])
+    table = load_word_embeddings(dirs["tiny-llama"])
+    embedder = PrefixEmbedder(tokenizer)
+    on_gpu, mask = embedder(TEXTS, table.to("cuda", torch.bfloat16))
+    assert on_gpu.device.type == mask.device.type == "cuda" and on_gpu.dtype == torch.bfloat16
+    reference, _ = embedder(TEXTS, table)
+    assert torch.equal(on_gpu.cpu(), reference.to(torch.bfloat16))

@@ -304,29 +304,202 @@ def test_qlora_equals_lora_on_the_dequantized_weights_even_after_evaluation(dirs
         torch.testing.assert_close(qlora(x), twin(x), rtol=0, atol=1e-5)
 
 
-def test_gradient_checkpointing_recomputes_to_the_same_gradients(dirs):
-    settings = {"r": 4, "dropout": 0.0}
-    plain = load_backbone(dirs["tiny-llama"], freeze="qlora", lora=settings)
-    checkpointed = load_backbone(
-        dirs["tiny-llama"], freeze="qlora", lora={**settings, "gradient_checkpointing": True}
-    )
-    assert checkpointed.hf_model.is_activation_checkpointing
-    assert not plain.hf_model.is_activation_checkpointing
+# ---------------------------------------------------------------- gradient checkpointing
+POLICIES = ("frozen", "layernorm", "attention", "lora", "qlora", "qfrozen")
+
+
+def gpt4ts(source: str, policy: str, checkpointing: bool) -> nn.Module:
+    """GPT4TS on both blocks of ``source`` (the same weights for the same policy)."""
+    torch.manual_seed(0)
+    lora = {"lora": {"r": 4, "dropout": 0.1}} if policy in ("lora", "qlora") else {}
+    spec = {"source": source, "num_layers": 2, "freeze": policy, **lora}
+    spec["gradient_checkpointing"] = checkpointing
+    return build_model("gpt4ts", INFO, backbone=spec, patch_len=4, stride=2)
+
+
+def count_block_calls(model: nn.Module) -> list[int]:
+    """A one-item list counting the calls of the blocks' attention modules (inside a block,
+    so a block recomputed by checkpointing counts again)."""
+    calls = [0]
+    for block in model.body.blocks:
+        attention = block.get_submodule(model.body.family.attention)
+        attention.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_checkpointing_recomputes_the_blocks_to_the_same_gradients_under_every_policy(dirs, policy):
+    # tiny-gpt2 has dropout 0.1 in its blocks (LoRA's too): in training it draws masks, and a
+    # recomputed block must draw the same ones
+    plain, checkpointed = (gpt4ts(dirs["tiny-gpt2"], policy, c) for c in (False, True))
+    assert not plain.body.gradient_checkpointing and checkpointed.body.gradient_checkpointing
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         pairs = zip(plain.named_parameters(), checkpointed.named_parameters(), strict=True)
         for (name, p), (_, q) in pairs:
-            if "lora_B" in name:
+            if "lora_B" in name:  # B != 0, so that A gets a gradient too
                 p.copy_(torch.randn(p.shape, generator=g))
-            if is_lora_parameter(name):
                 q.copy_(p)
-    x, target = torch.randn(2, 5, 64, generator=g), torch.randn(64, generator=g)
+            assert torch.equal(p, q), name
+    batch, target = make_batch(0), torch.randn(4, INFO.horizon, 3, 1, generator=g)
+    outputs, calls = [], []
     for model in (plain, checkpointed):
+        counter = count_block_calls(model)
         model.train()
-        (model(x) - target).square().mean().backward()
-    grads = {n: p.grad for n, p in checkpointed.named_parameters() if p.grad is not None}
-    assert set(grads) == lora_names(plain)
-    assert all(torch.equal(p.grad, grads[n]) for n, p in plain.named_parameters() if n in grads)
+        torch.manual_seed(1)  # the same dropout masks for both
+        y = model(batch)
+        forward_calls = counter[0]
+        nn.functional.mse_loss(y, target).backward()
+        outputs.append(y)
+        calls.append((forward_calls, counter[0]))
+    # two blocks run forward; with checkpointing both run again in the backward pass
+    assert calls == [(2, 2), (2, 4)]
+    assert torch.equal(outputs[0], outputs[1])
+    theirs = dict(checkpointed.named_parameters())
+    trained = {n for n, p in plain.named_parameters() if p.requires_grad}
+    assert trained >= GPT4TS_OWN and trained == {n for n, p in theirs.items() if p.requires_grad}
+    for name in trained:  # the patch embedding before the backbone included
+        assert plain.get_parameter(name).grad.abs().sum() > 0, name
+        assert torch.equal(plain.get_parameter(name).grad, theirs[name].grad), name
+    # dropout is on in training, as without checkpointing: another seed, another forecast
+    with torch.no_grad():
+        torch.manual_seed(2)
+        assert not torch.equal(checkpointed(batch), outputs[1])
+        # evaluation: dropout off, nothing to recompute
+        counter = count_block_calls(checkpointed.eval())
+        assert torch.equal(checkpointed(batch), plain.eval()(batch)) and counter[0] == 2
+
+
+# ---------------------------------------------------------------- qfrozen: frozen in 4-bit
+TIMELLM = {"patch_len": 4, "stride": 2, "d_model": 8, "n_heads": 2, "d_ff": 8}
+TIMELLM_OWN = {
+    "patch_embedding.conv.weight",
+    "prototype_map.weight",
+    "prototype_map.bias",
+    "head.1.weight",
+    "head.1.bias",
+} | {f"reprogramming.{m}.{p}" for m in ("query", "key", "value", "out") for p in ("weight", "bias")}
+
+
+def test_qfrozen_trains_the_layers_around_a_4bit_backbone_that_never_changes(dirs):
+    torch.manual_seed(0)
+    backbone = {"source": dirs["tiny-llama"], "num_layers": 2, "freeze": "qfrozen"}
+    model = build_model("timellm", INFO, backbone=backbone, num_prototypes=16, **TIMELLM)
+    body = model.body
+    assert body.quantized and body.policy == "qfrozen" and not body.has_lora
+    quantized = {n: m for n, m in body.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    assert len(quantized) == 2 * 7  # q, k, v, o, gate, up, down in each block
+    for module in quantized.values():
+        assert module.weight.dtype == torch.uint8  # two 4-bit weights a byte
+        assert module.weight.quant_state.quant_type == "nf4" and module.weight.quant_state.nested
+        assert module.compute_dtype == torch.float32  # "auto" on a machine without CUDA
+    # norms and embeddings in the compute dtype; nothing of the backbone trains
+    assert body.dtype == torch.float32 and trainable(body) == set()
+    assert trainable(model) == TIMELLM_OWN
+    state = {k: v.clone() for k, v in body.state_dict().items()}  # 4-bit states included
+    assert any("quant_state" in k for k in state)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    # every parameter goes to AdamW with weight decay: freezing alone must protect them
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    for step in range(3):
+        batch = make_batch(step)
+        target = torch.randn(4, INFO.horizon, 3, 1, generator=torch.Generator().manual_seed(step))
+        with torch.no_grad():  # an evaluation first (on AVX512-BF16 CPUs bitsandbytes would
+            model.eval()(batch)  # repack the 4-bit weights for a kernel without backward)
+        optimizer.zero_grad()
+        nn.functional.mse_loss(model.train()(batch), target).backward()
+        if step == 0:  # gradients pass the 4-bit backbone to the layers before it
+            assert {n for n, p in model.named_parameters() if p.grad is not None} == TIMELLM_OWN
+            assert all(model.get_parameter(n).grad.abs().sum() > 0 for n in TIMELLM_OWN)
+        optimizer.step()
+    assert {n for n, p in model.named_parameters() if not torch.equal(p, before[n])} == TIMELLM_OWN
+    after = body.state_dict()
+    assert after.keys() == state.keys() and all(torch.equal(after[k], state[k]) for k in state)
+    assert all(
+        isinstance(m, bnb.nn.Linear4bit) and m.weight.dtype == torch.uint8
+        for m in (body.get_submodule(n) for n in quantized)
+    )
+
+
+def test_qfrozen_backpropagates_as_the_dequantized_model_does(dirs):
+    qfrozen = load_backbone(dirs["tiny-llama"], freeze="qfrozen")
+    twin = load_backbone(dirs["tiny-llama"])  # frozen, float32
+    with torch.no_grad():
+        for path, module in qfrozen.hf_model.named_modules():
+            if isinstance(module, bnb.nn.Linear4bit):
+                weight = bnb.functional.dequantize_4bit(
+                    module.weight.data, module.weight.quant_state
+                )
+                twin.hf_model.get_submodule(path).weight.copy_(weight)
+    g = torch.Generator().manual_seed(0)
+    x, target = torch.randn(3, 5, 64, generator=g), torch.randn(64, generator=g)
+    with torch.no_grad():
+        qfrozen.eval()(x)  # the evaluation that would repack the weights (see apply_lora)
+    grads, outputs = [], []
+    for model in (qfrozen, twin):
+        inputs = x.clone().requires_grad_(True)
+        y = model.train()(inputs)
+        (y - target).square().mean().backward()
+        grads.append(inputs.grad)
+        outputs.append(y.detach())
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=1e-5)
+
+
+def test_qfrozen_keeps_the_hidden_states_in_the_compute_dtype(dirs):
+    backbone = load_backbone(
+        dirs["tiny-llama"], freeze="qfrozen", lora={"compute_dtype": "bfloat16"}
+    )
+    floats = {p.dtype for p in backbone.parameters() if not isinstance(p, bnb.nn.Params4bit)}
+    assert backbone.dtype == torch.bfloat16 and floats == {torch.bfloat16}
+    dtypes = []
+    for block in backbone.blocks:
+        block.register_forward_hook(lambda _m, _i, out: dtypes.append(out[0].dtype))
+    x = torch.randn(2, 5, 64, dtype=torch.bfloat16, requires_grad=True)
+    y = backbone.train()(x)
+    assert y.dtype == torch.bfloat16 and dtypes == [torch.bfloat16] * 2
+    y.float().square().mean().backward()
+    assert x.grad.dtype == torch.bfloat16 and x.grad.abs().sum() > 0
+    # qlora casts norms and embeddings to float32 for training (peft), so its stream is float32
+    qlora = load_backbone(dirs["tiny-llama"], freeze="qlora", lora={"compute_dtype": "bfloat16"})
+    assert qlora.dtype == torch.float32
+    # 8-bit weights too; and qfrozen is a loading choice, not a switch of a float32 backbone
+    eight = load_backbone(dirs["tiny-llama"], freeze="qfrozen", lora={"quantize": "8bit"})
+    assert eight.quantized and isinstance(eight.blocks[0].mlp.up_proj, bnb.nn.Linear8bitLt)
+    with pytest.raises(ConfigError, match="loaded in full precision"):
+        load_backbone(dirs["tiny-llama"]).freeze("qfrozen")
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="reads Linux's /proc")
+def test_a_quantized_load_keeps_nothing_mapped_from_the_checkpoint_file(dirs, tmp_path):
+    # random weights are quantized by loading them back from a temporary file; the float
+    # weights must not stay views of its mapping (its pages and disk space would stay)
+    load_backbone(dirs["tiny-llama"], freeze="qfrozen", pretrained=False)
+    assert "llm-st-random-" not in Path("/proc/self/maps").read_text()
+    # the same for a checkpoint of the caller's
+    plain = tmp_path / "plain"
+    load_backbone(dirs["tiny-llama"]).hf_model.save_pretrained(plain)
+    qfrozen = load_backbone(plain, freeze="qfrozen")
+    assert str(plain) not in Path("/proc/self/maps").read_text()
+    reference = load_backbone(dirs["tiny-llama"]).word_embeddings().weight
+    assert torch.equal(qfrozen.word_embeddings().weight, reference)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_qfrozen_timellm_trains_on_the_gpu_in_bfloat16_with_checkpointing(dirs):
+    torch.manual_seed(0)
+    backbone = {"source": dirs["tiny-llama"], "freeze": "qfrozen", "gradient_checkpointing": True}
+    model = build_model("timellm", INFO, backbone=backbone, num_prototypes=16, **TIMELLM)
+    model.cuda().train()
+    assert model.body.dtype == torch.bfloat16  # "auto" compute dtype on a bf16 GPU
+    devices = {t.device.type for t in [*model.parameters(), *model.buffers()]}
+    assert devices == {"cuda"}
+    batch = {k: v.cuda() for k, v in make_batch(0).items()}
+    y = model(batch)
+    assert y.device.type == "cuda" and y.dtype == torch.float32
+    y.square().mean().backward()
+    assert all(model.get_parameter(n).grad.abs().sum() > 0 for n in TIMELLM_OWN)
 
 
 def test_qlora_random_init_and_8bit(dirs):

@@ -1,15 +1,17 @@
-"""Frozen word embeddings of prompt prefixes, computed once per distinct text.
+"""Word embeddings of prompt prefixes, with each distinct text tokenized once.
 
-A prompt prefix (Time-LLM's prompt-as-prefix) depends only on its text, and the word
-embeddings of a frozen backbone never change, so the embedded prefix of a text never
-changes either. :class:`PrefixEmbedder` tokenizes and embeds each distinct text once
-and keeps the result in an :class:`~llm_st.backbones.text_encoder.EmbeddingCache`
-(keyed by the SHA-256 of the exact text; rows stored as float32 on the CPU): from the
-second epoch on, a window's prefix costs a dictionary look-up instead of tokenization.
+A prompt prefix (Time-LLM's prompt-as-prefix) depends only on its text, and its embedding
+is the rows of the frozen word-embedding table at its token ids. :class:`PrefixEmbedder`
+tokenizes each distinct text once and keeps its token ids (keyed by the SHA-256 of the
+exact text, :func:`~llm_st.backbones.text_encoder.text_key`); every call looks the rows up
+in the table where it is, on the model's device and in its dtype. From the second epoch
+on, a window's prefix costs a dictionary look-up and a gather instead of tokenization.
 
-Memory: a prefix of ``T`` tokens takes ``4 * T * D`` bytes (D = 4096 for LLaMA-7B:
-16 KiB per token). ``cache_limit_mb`` caps the cache; texts met after it is full are
-embedded on every call, as without a cache.
+Memory: the cache holds 4 bytes per token on the CPU (a 7B model's embedding row is
+``2 * 4096`` bytes in bfloat16: the ids are 2048 times smaller than the embeddings they
+stand for), so it costs no accelerator memory, and a step copies ``[n, T]`` ids to the
+device instead of ``[n, T, D]`` embeddings. ``cache_limit_mb`` caps it; texts met after it
+is full are tokenized on every call, as without a cache.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from typing import Any
 
 import torch
 
-from llm_st.backbones.text_encoder import EmbeddingCache
+from llm_st.backbones.text_encoder import text_key
 from llm_st.errors import ConfigError
 
 logger = logging.getLogger("llm_st")
+
+_ID_BYTES = 4  # ids are stored as int32
 
 
 class PrefixEmbedder:
@@ -37,19 +41,18 @@ class PrefixEmbedder:
     max_tokens
         Longer prefixes are truncated to their first ``max_tokens`` tokens.
     cache
-        Keep every embedded prefix (see the module docstring).
+        Keep the token ids of every text (see the module docstring).
     cache_limit_mb
-        Most megabytes of cached embeddings.
-    cache_id
-        Identity of the embedding table, stored with the cache.
+        Most megabytes of cached token ids.
 
     Attributes
     ----------
-    num_embedded : int
-        Texts that were tokenized and embedded so far (cache hits do not count).
+    num_tokenized : int
+        Texts that were tokenized so far (cache hits do not count).
     cached_bytes : int
-        Bytes of cached embeddings; ``full`` turns True when ``cache_limit_mb`` is reached.
-    cache : EmbeddingCache or None
+        Bytes of cached token ids; ``full`` turns True when ``cache_limit_mb`` is reached.
+    cache : dict or None
+        SHA-256 of a text -> its token ids ``[T_i]`` (int32, CPU).
     """
 
     def __init__(
@@ -58,27 +61,48 @@ class PrefixEmbedder:
         max_tokens: int = 512,
         cache: bool = True,
         cache_limit_mb: float = 1024.0,
-        cache_id: str = "",
     ):
         if max_tokens < 1:
             raise ConfigError(f"max_tokens={max_tokens} must be at least 1", "use e.g. 512")
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
-        self.cache = EmbeddingCache(cache_id) if cache else None
+        self.cache: dict[bytes, torch.Tensor] | None = {} if cache else None
         self.cache_limit = int(cache_limit_mb * 2**20)
         self.cached_bytes = 0
         self.full = False
-        self.num_embedded = 0
+        self.num_tokenized = 0
 
-    def _embed(self, texts: list[str], table: torch.Tensor) -> list[torch.Tensor]:
-        """``[T_i, D]`` rows of ``table`` for the tokens of each text (no cache)."""
+    def _tokenize(self, texts: list[str]) -> list[torch.Tensor]:
+        """Token ids ``[T_i]`` (int32) of each text."""
         ids = self.tokenizer(texts, truncation=True, max_length=self.max_tokens)["input_ids"]
-        lengths = [len(i) for i in ids]
-        flat = torch.tensor([t for row in ids for t in row], dtype=torch.long, device=table.device)
-        with torch.no_grad():
-            rows = torch.nn.functional.embedding(flat, table)
-        self.num_embedded += len(texts)
-        return list(rows.split(lengths))
+        self.num_tokenized += len(texts)
+        return [torch.tensor(row, dtype=torch.int32) for row in ids]
+
+    def token_ids(self, texts: Sequence[str]) -> list[torch.Tensor]:
+        """Token ids ``[T_i]`` (int32, CPU) of each of ``texts``, from the cache where it has
+        them; the others are tokenized (and cached while it has room)."""
+        texts = list(texts)
+        if self.cache is None:
+            return self._tokenize(texts)
+        keys = [text_key(t) for t in texts]
+        new = {k: t for k, t in zip(keys, texts, strict=True) if k not in self.cache}
+        uncached: dict[bytes, torch.Tensor] = {}
+        for key, ids in zip(new, self._tokenize(list(new.values())) if new else [], strict=True):
+            size = ids.numel() * _ID_BYTES
+            if self.cached_bytes + size > self.cache_limit:
+                if not self.full:
+                    logger.info(
+                        "prefix cache full (%d texts, %.0f MB); further prefixes are tokenized "
+                        "on every call",
+                        len(self.cache),
+                        self.cached_bytes / 2**20,
+                    )
+                self.full = True
+                uncached[key] = ids
+                continue
+            self.cache[key] = ids
+            self.cached_bytes += size
+        return [uncached[k] if k in uncached else self.cache[k] for k in keys]
 
     def __call__(
         self, texts: Sequence[str], table: torch.Tensor
@@ -89,46 +113,23 @@ class PrefixEmbedder:
         ----------
         texts : sequence of str, ``n`` of them
         table : torch.Tensor ``[vocab_size, D]``
-            The frozen word-embedding matrix; outputs get its device and dtype.
+            The frozen word-embedding matrix; outputs are made on its device, in its dtype.
 
         Returns
         -------
         embeddings : torch.Tensor ``[n, T, D]``
             ``T`` is the longest prefix; shorter ones are padded with zeros on the left,
-            so every prefix ends right before what follows it.
+            so every prefix ends right before what follows it. Exactly the table's rows.
         mask : torch.Tensor ``[n, T]`` bool
             True at real tokens.
         """
-        texts = list(texts)
-        if self.cache is None:
-            return _left_pad(self._embed(texts, table))
-        new = [t for t in dict.fromkeys(texts) if t not in self.cache]
-        uncached: dict[str, torch.Tensor] = {}
-        for text, row in zip(new, self._embed(new, table) if new else [], strict=True):
-            row = row.to("cpu", torch.float32)  # exact for float16 / bfloat16 tables too
-            if self.cached_bytes + row.numel() * 4 > self.cache_limit:
-                if not self.full:
-                    logger.info(
-                        "prefix cache full (%d texts, %.0f MB); further prefixes are embedded "
-                        "on every call",
-                        len(self.cache),
-                        self.cached_bytes / 2**20,
-                    )
-                self.full = True
-                uncached[text] = row
-                continue
-            self.cache.put([text], row[None])
-            self.cached_bytes += row.numel() * 4
-        rows = [uncached[t] if t in uncached else self.cache.get([t])[0] for t in texts]
-        # padded on the CPU, then moved in one copy
-        embeddings, mask = _left_pad(rows)
-        return embeddings.to(table.device, table.dtype), mask.to(table.device)
-
-
-def _left_pad(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[n, T, D]`` rows ``[T_i, D]`` padded with zeros on the left, and the ``[n, T]`` mask of
-    real rows."""
-    lengths = torch.tensor([len(r) for r in rows], device=rows[0].device)
-    embeddings = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_side="left")
-    positions = torch.arange(embeddings.shape[1], device=embeddings.device)
-    return embeddings, positions >= embeddings.shape[1] - lengths[:, None]
+        rows = self.token_ids(texts)
+        # padded on the CPU, then moved in one copy of ids (not of embeddings)
+        ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_side="left")
+        lengths = torch.tensor([len(r) for r in rows])
+        mask = torch.arange(ids.shape[1]) >= ids.shape[1] - lengths[:, None]
+        ids, mask = ids.to(table.device), mask.to(table.device)
+        with torch.no_grad():
+            embeddings = torch.nn.functional.embedding(ids, table)
+            embeddings.masked_fill_(~mask[..., None], 0)
+        return embeddings, mask

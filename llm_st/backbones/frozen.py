@@ -30,10 +30,16 @@ Freezing policies (:data:`FREEZE_POLICIES`), applied by :meth:`FrozenBackbone.fr
   weights train, every pretrained weight stays as it is (:mod:`llm_st.backbones.lora`).
 - ``"qlora"``: ``"lora"`` on weights loaded in 4-bit nf4 with double quantization (or
   8-bit); see :func:`llm_st.backbones.lora.quantized_device_map` for device placement.
+- ``"qfrozen"``: ``"frozen"`` on weights loaded as ``"qlora"`` loads them, without LoRA:
+  nothing in the backbone trains, gradients flow through it to the layers before it
+  (Time-LLM's reprogramming, a patch embedding). Its norms and embeddings are kept in the
+  compute dtype (bfloat16 on a GPU, float32 on the CPU) unless ``dtype`` says otherwise,
+  so the hidden states are in that dtype from end to end; ``"qlora"`` casts them to
+  float32 for training (``peft.prepare_model_for_kbit_training``), as QLoRA does.
 
-The two LoRA policies are chosen at load time (they change the model's layers; the
-``lora`` argument of :func:`load_backbone` holds their settings); the others can be
-switched at any time with :meth:`FrozenBackbone.freeze`. :func:`merge_lora` folds the
+The LoRA policies and ``"qfrozen"`` are chosen at load time (they change the model's
+layers; the ``lora`` argument of :func:`load_backbone` holds their settings); the others
+can be switched at any time with :meth:`FrozenBackbone.freeze`. :func:`merge_lora` folds the
 trained LoRA weights back into the model. Where each family keeps the parts the policies
 name is the table :data:`~llm_st.backbones.families.FAMILIES`.
 
@@ -46,9 +52,16 @@ families (GPT-2, LLaMA) attend to the past only; BERT attends both ways.
 
 Precision: the backbone may be loaded in ``float16`` / ``bfloat16`` (``dtype``); inputs
 are cast to its dtype and hidden states cast back to the input's dtype, so the trained
-layers around it can stay ``float32``. Under ``"qlora"`` the weights that are not
-quantized (norms, embeddings) are float32 for training and the 4-bit layers compute in
-the settings' ``compute_dtype``.
+layers around it can stay ``float32`` (an adapter that passes inputs in the backbone's
+dtype gets hidden states in it, without float32 copies). Under ``"qlora"`` the weights
+that are not quantized (norms, embeddings) are float32 for training and the 4-bit layers
+compute in the settings' ``compute_dtype``.
+
+Gradient checkpointing (``gradient_checkpointing=True``, any policy): each block keeps
+only its input for the backward pass and recomputes the rest there (the Hugging Face
+model's own checkpointing, non-reentrant, so gradients reach the layers before a fully
+frozen backbone too). It works while the model is in training mode with gradients on,
+replays each block's dropout masks exactly, and gives the same gradients.
 """
 
 from __future__ import annotations
@@ -67,19 +80,23 @@ from llm_st.backbones.families import family
 from llm_st.backbones.hub import _dtype, _hub_error, _offline, resolve_source
 from llm_st.backbones.lora import (
     LORA_POLICIES,
+    QFROZEN,
     LoraSettings,
     apply_lora,
     is_lora_parameter,
     is_peft_model,
+    keep_4bit_layers_differentiable,
     lora_settings,
     quantization_config,
     quantized_device_map,
+    resolve_compute_dtype,
+    v6_deprecations_quiet,
 )
 from llm_st.errors import ConfigError, DataError, ModelLoadError
 
 logger = logging.getLogger("llm_st")
 
-FREEZE_POLICIES = ("frozen", "layernorm", "attention", "lora", "qlora")
+FREEZE_POLICIES = ("frozen", "layernorm", "attention", "lora", "qlora", QFROZEN)
 RANDOM_SEED_BASE = 104_729
 """Random weights (``pretrained=False``) are drawn after ``torch.manual_seed(RANDOM_SEED_BASE
 + seed)``: a stream apart from small plain seeds, so that a checkpoint written with
@@ -165,6 +182,7 @@ def load_backbone(
     seed: int = 0,
     trust_remote_code: bool = False,
     lora: LoraSettings | Mapping[str, Any] | None = None,
+    gradient_checkpointing: bool = False,
 ) -> FrozenBackbone:
     """Load a backbone, keep its first ``num_layers`` blocks and apply a freezing policy.
 
@@ -183,7 +201,8 @@ def load_backbone(
         False builds the same architecture (same truncation) from its config with random
         weights drawn with ``seed``: Tan et al.'s randomly initialized LLM.
     dtype
-        ``"float32"``, ``"float16"``, ``"bfloat16"``, ``"auto"`` or a ``torch.dtype``.
+        ``"float32"``, ``"float16"``, ``"bfloat16"``, ``"auto"`` or a ``torch.dtype``
+        (under ``"qfrozen"`` None means the 4-bit layers' compute dtype).
     device
         Where to move the model.
     seed
@@ -193,7 +212,11 @@ def load_backbone(
     lora
         Settings of the ``"lora"`` / ``"qlora"`` policies: a
         :class:`~llm_st.backbones.lora.LoraSettings` or a mapping of its fields (a
-        recipe's ``lora: {r: 16}``); None uses the defaults.
+        recipe's ``lora: {r: 16}``); None uses the defaults. ``"qfrozen"`` takes
+        ``quantize`` and ``compute_dtype`` only.
+    gradient_checkpointing
+        Recompute each block's activations in the backward pass instead of keeping them
+        (see the module docstring).
 
     Raises
     ------
@@ -220,6 +243,8 @@ def load_backbone(
     config.num_hidden_layers = keep
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     torch_dtype = _dtype(dtype)
+    if freeze == QFROZEN and torch_dtype is None:
+        torch_dtype = resolve_compute_dtype(settings)
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
     quantized = settings is not None and settings.quantize != "none"
@@ -240,23 +265,57 @@ def load_backbone(
             with tempfile.TemporaryDirectory(prefix="llm-st-random-") as tmp:
                 model.save_pretrained(tmp)
                 model = _from_pretrained(name_or_path, tmp, config, True, kwargs)
+    if quantized:
+        _copy_out_of_the_checkpoint(model)
     if device is not None and not quantized:
         model = model.to(device)
-    if settings is not None:
+    if freeze == QFROZEN:  # (apply_lora does this for qlora)
+        keep_4bit_layers_differentiable(model)
+    if gradient_checkpointing:
+        _checkpoint_blocks(model)
+    if freeze in LORA_POLICIES:
         model = apply_lora(model, settings)
     backbone = FrozenBackbone(model, name=str(name_or_path), pretrained=pretrained)
     backbone.freeze(freeze, trainable_attention_blocks)
     logger.info(
-        "backbone %s: %d of %d blocks, %s weights, policy %r, %s parameters (%s trainable)",
+        "backbone %s: %d of %d blocks, %s weights, policy %r%s, %s parameters (%s trainable)",
         name_or_path,
         keep,
         total,
         "pretrained" if pretrained else "random",
         freeze,
+        ", gradient checkpointing" if gradient_checkpointing else "",
         f"{sum(p.numel() for p in backbone.parameters()):,}",
         f"{sum(p.numel() for p in backbone.parameters() if p.requires_grad):,}",
     )
     return backbone
+
+
+def _copy_out_of_the_checkpoint(model: nn.Module) -> None:
+    """Give the float weights left on the CPU by a quantized load storage of their own.
+
+    transformers maps the checkpoint file and its unquantized tensors (embeddings, norms)
+    stay views of that mapping: the whole mapping stays alive, with every page read while
+    the other weights were quantized (a 7B checkpoint's gigabytes, in the process's resident
+    memory) and, for the temporary file of random weights, the deleted file's disk space.
+    Copying them (a small part of the model) lets it go.
+    """
+    for tensor in (*model.parameters(), *model.buffers()):
+        if tensor.device.type == "cpu" and tensor.is_floating_point():
+            tensor.data = tensor.data.clone()
+
+
+def _checkpoint_blocks(model: nn.Module) -> None:
+    """Turn on the Hugging Face model's gradient checkpointing of its blocks, non-reentrant.
+
+    ``gradient_checkpointing_enable(gradient_checkpointing_kwargs=...)`` is the one call
+    every transformers from 4.35 to 5.x has (5.x names it ``activation_checkpointing_enable``
+    and warns on the old name). Non-reentrant checkpointing also back-propagates into
+    inputs when no weight of a block requires a gradient (a frozen backbone), and keeps the
+    random state, so dropout draws the same masks when a block is recomputed.
+    """
+    with v6_deprecations_quiet():
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def _from_pretrained(
@@ -350,6 +409,20 @@ class FrozenBackbone(nn.Module):
         return is_peft_model(self.model)
 
     @property
+    def quantized(self) -> bool:
+        """Whether the weights of the blocks' linear layers are 4-bit or 8-bit (bitsandbytes)."""
+        model = self.hf_model
+        return bool(getattr(model, "is_loaded_in_4bit", False)) or bool(
+            getattr(model, "is_loaded_in_8bit", False)
+        )
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """Whether the blocks recompute their activations in the backward pass."""
+        # what transformers' is_gradient_checkpointing reads, without its v6 deprecation
+        return any(getattr(m, "gradient_checkpointing", False) for m in self.hf_model.modules())
+
+    @property
     def hf_model(self) -> nn.Module:
         """The Hugging Face model: ``model``, or the one in the peft wrapper (with LoRA in it)."""
         return self.model.get_base_model() if self.has_lora else self.model
@@ -392,7 +465,13 @@ class FrozenBackbone(nn.Module):
     def trainable_names(self, policy: str, trainable_attention_blocks: int = 1) -> set[str]:
         """Names (as in ``named_parameters()``) of the parameters ``policy`` trains."""
         _check_policy(policy)
-        if policy == "frozen":
+        if policy == QFROZEN and not self.quantized:
+            raise ConfigError(
+                f"policy 'qfrozen' keeps quantized weights frozen, but {self.name} was loaded "
+                "in full precision",
+                "load it with load_backbone(..., freeze='qfrozen'), or use the 'frozen' policy",
+            )
+        if policy in ("frozen", QFROZEN):
             return set()
         if policy in LORA_POLICIES:
             if not self.has_lora:
@@ -462,7 +541,8 @@ class FrozenBackbone(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"name={self.name!r}, blocks={self.num_layers}, hidden_size={self.hidden_size}, "
-            f"pretrained={self.pretrained}, policy={self.policy!r}"
+            f"pretrained={self.pretrained}, policy={self.policy!r}, "
+            f"gradient_checkpointing={self.gradient_checkpointing}"
         )
 
 

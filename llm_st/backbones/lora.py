@@ -32,7 +32,9 @@ layers; it runs on the CPU as well as on CUDA). This module chooses what the two
 This module works on Hugging Face models and peft wrappers only; it knows nothing of
 :class:`~llm_st.backbones.frozen.FrozenBackbone`, which uses it for the freezing policies
 ``"lora"`` and ``"qlora"`` (and merges LoRA into its model:
-:func:`llm_st.backbones.frozen.merge_lora`). A recipe says::
+:func:`llm_st.backbones.frozen.merge_lora`), and for ``"qfrozen"``: the frozen backbone
+loaded quantized like QLoRA's, without LoRA; its ``lora`` block may give ``quantize`` and
+``compute_dtype`` only (:data:`QUANTIZATION_FIELDS`). A recipe says::
 
     model:
       name: gpt4ts
@@ -62,6 +64,12 @@ logger = logging.getLogger("llm_st")
 
 LORA_POLICIES = ("lora", "qlora")
 """Freezing policies that put LoRA into the backbone (``"qlora"``: on quantized weights)."""
+QFROZEN = "qfrozen"
+"""Freezing policy of a fully frozen backbone loaded quantized (QLoRA's loading, no LoRA)."""
+SETTINGS_POLICIES = (*LORA_POLICIES, QFROZEN)
+"""Policies that have :class:`LoraSettings` (the others have none)."""
+QUANTIZATION_FIELDS = ("quantize", "compute_dtype")
+"""The settings that apply to ``"qfrozen"`` (the rest configure LoRA layers it has none of)."""
 QUANTIZE = ("none", "4bit", "8bit")
 COMPUTE_DTYPES = ("auto", *_DTYPES)
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -71,6 +79,8 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 @dataclass
 class LoraSettings:
     """What LoRA adapts, how, and on which precision of the frozen weights.
+
+    The freezing policy ``"qfrozen"`` (no LoRA) reads ``quantize`` and ``compute_dtype`` only.
 
     Raises
     ------
@@ -99,7 +109,8 @@ class LoraSettings:
         default="none",
         metadata={
             "help": "precision of the frozen weights: none, 4bit (nf4 with double "
-            "quantization, QLoRA) or 8bit (LLM.int8); the freezing policy qlora defaults to 4bit"
+            "quantization, QLoRA) or 8bit (LLM.int8); the freezing policies qlora and qfrozen "
+            "default to 4bit"
         },
     )
     compute_dtype: str = field(
@@ -107,13 +118,6 @@ class LoraSettings:
         metadata={
             "help": "dtype the 4-bit layers compute in: auto (bfloat16 on a CUDA GPU that "
             "supports it, else float16 on CUDA, float32 on the CPU), float32, bfloat16, float16"
-        },
-    )
-    gradient_checkpointing: bool = field(
-        default=False,
-        metadata={
-            "help": "recompute each block's activations in the backward pass instead of "
-            "storing them (less memory, about a third more compute; QLoRA's setting for 7B+)"
         },
     )
 
@@ -145,11 +149,6 @@ class LoraSettings:
                 f"quantize={self.quantize!r}",
                 "drop compute_dtype (set the backbone's dtype instead), or use quantize: 4bit",
             )
-        if not isinstance(self.gradient_checkpointing, bool):
-            raise ConfigError(
-                f"lora.gradient_checkpointing={self.gradient_checkpointing!r} is not a boolean",
-                "use true or false",
-            )
 
 
 def _target_names(value: Any) -> str | tuple[str, ...]:
@@ -173,17 +172,19 @@ def lora_settings(
 ) -> LoraSettings | None:
     """The :class:`LoraSettings` of freezing policy ``policy`` from a recipe's ``lora`` mapping.
 
-    ``"qlora"`` defaults to ``quantize="4bit"``, ``"lora"`` to ``"none"``; a policy without
-    LoRA has no settings (None).
+    ``"qlora"`` and ``"qfrozen"`` default to ``quantize="4bit"``, ``"lora"`` to ``"none"``;
+    a policy not in :data:`SETTINGS_POLICIES` has no settings (None). ``"qfrozen"`` has no
+    LoRA layers: it takes :data:`QUANTIZATION_FIELDS` only (a :class:`LoraSettings` given
+    for it must leave the other fields at their defaults).
 
     Raises
     ------
     ConfigError
-        Settings for a policy not in :data:`LORA_POLICIES`, an unknown key, a bad value,
-        or a quantization that contradicts the policy (``lora`` on quantized weights,
-        ``qlora`` on full-precision ones).
+        Settings for a policy without them, LoRA settings for ``"qfrozen"``, an unknown
+        key, a bad value, or a quantization that contradicts the policy (``lora`` on
+        quantized weights, ``qlora`` or ``qfrozen`` on full-precision ones).
     """
-    if policy not in LORA_POLICIES:
+    if policy not in SETTINGS_POLICIES:
         if params is None:
             return None
         raise ConfigError(
@@ -192,19 +193,28 @@ def lora_settings(
         )
     if isinstance(params, LoraSettings):
         settings = params
+        given = [f.name for f in fields(LoraSettings) if getattr(settings, f.name) != f.default]
     else:
         params = dict(params or {})
+        given = list(params)
         known = [f.name for f in fields(LoraSettings)]
         unknown = sorted(set(params) - set(known))
         if unknown:
             raise ConfigError(f"unknown lora settings {unknown}", f"use some of {', '.join(known)}")
-        params.setdefault("quantize", "4bit" if policy == "qlora" else "none")
+        params.setdefault("quantize", "none" if policy == "lora" else "4bit")
         settings = LoraSettings(**params)
-    if (policy == "qlora") != (settings.quantize != "none"):
+    if policy == QFROZEN:
+        lora_only = sorted(set(given) - set(QUANTIZATION_FIELDS))
+        if lora_only:
+            raise ConfigError(
+                f"freeze='qfrozen' has no LoRA layers, but lora settings {lora_only} are given",
+                "give only quantize and compute_dtype with qfrozen, or use freeze: qlora",
+            )
+    if (policy == "lora") == (settings.quantize != "none"):
         raise ConfigError(
             f"freeze={policy!r} with lora.quantize={settings.quantize!r}",
-            "use freeze: qlora for quantized weights (quantize 4bit or 8bit) and freeze: lora "
-            "for full-precision ones",
+            "use freeze: qlora or qfrozen for quantized weights (quantize 4bit or 8bit) and "
+            "freeze: lora for full-precision ones",
         )
     return settings
 
@@ -302,9 +312,10 @@ def lora_targets(model: nn.Module, settings: LoraSettings) -> dict[str, nn.Modul
 
 
 @contextlib.contextmanager
-def _peft_deprecations_quiet() -> Iterator[None]:
-    """peft 0.21 calls transformers' gradient-checkpointing names that transformers 5
-    deprecates (a FutureWarning per call, about peft's code rather than the user's)."""
+def v6_deprecations_quiet() -> Iterator[None]:
+    """Hide transformers 5's FutureWarning on its gradient-checkpointing names (``..._enable``
+    is to become ``activation_checkpointing_enable`` in v6), which peft 0.21 and llm-st call:
+    the old names are the ones every transformers 4.4x-5.x has."""
     with warnings.catch_warnings():
         warnings.filterwarnings(
             "ignore", message=r".*deprecated and will be removed in v6", category=FutureWarning
@@ -353,12 +364,10 @@ def apply_lora(model: nn.Module, settings: LoraSettings) -> Any:
         fan_in_fan_out=any(isinstance(m, Conv1D) for m in targets.values()),
         bias="none",
     )
-    with _peft_deprecations_quiet():
+    with v6_deprecations_quiet():
         if quantized:
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-            _keep_4bit_layers_differentiable(model)
-        if settings.gradient_checkpointing:
-            model.activation_checkpointing_enable({"use_reentrant": False})
+            keep_4bit_layers_differentiable(model)
         peft_model = get_peft_model(model, config)
     logger.debug(
         "LoRA r=%d alpha=%g on %d layers of %s (fan_in_fan_out=%s, quantize=%s)",
@@ -368,7 +377,7 @@ def apply_lora(model: nn.Module, settings: LoraSettings) -> Any:
     return peft_model
 
 
-def _keep_4bit_layers_differentiable(model: nn.Module) -> None:
+def keep_4bit_layers_differentiable(model: nn.Module) -> None:
     """Keep bitsandbytes' 4-bit layers on their differentiable CPU path.
 
     On a CPU with AVX512-BF16, bitsandbytes 0.50 repacks a ``Linear4bit`` weight for an

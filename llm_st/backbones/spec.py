@@ -17,6 +17,13 @@ Each method has its paper's backbone as a class-level default
 policy. Contradictions (LoRA settings with a policy without LoRA, LoRA in an ablation body
 that has no pretrained blocks, ``trainable_attention_blocks`` without the ``attention``
 policy) are refused when the spec is made, before anything is loaded.
+
+Memory: ``freeze: qfrozen`` keeps the backbone frozen in 4-bit (``lora: {quantize,
+compute_dtype}`` only), ``gradient_checkpointing: true`` recomputes the blocks'
+activations in the backward pass (any policy). Together they are what fits the largest
+backbones, e.g. Time-LLM on all 32 blocks of LLaMA-7B on a 24 GB GPU::
+
+    backbone: {source: /models/llama-7b, freeze: qfrozen, gradient_checkpointing: true}
 """
 
 from __future__ import annotations
@@ -38,7 +45,13 @@ from llm_st.backbones.frozen import (
     load_backbone,
 )
 from llm_st.backbones.hub import _DTYPES
-from llm_st.backbones.lora import LORA_POLICIES, LoraSettings, lora_settings
+from llm_st.backbones.lora import (
+    LORA_POLICIES,
+    QFROZEN,
+    QUANTIZATION_FIELDS,
+    LoraSettings,
+    lora_settings,
+)
 from llm_st.errors import ConfigError
 
 DTYPES = ("auto", *_DTYPES)
@@ -98,8 +111,8 @@ class BackboneSpec:
         metadata={
             "help": "what of the backbone trains: frozen (nothing), layernorm (norms and "
             "learned position embeddings), attention (layernorm plus the self-attention of "
-            "the last trainable_attention_blocks blocks), lora, or qlora (LoRA on 4-bit "
-            "weights)"
+            "the last trainable_attention_blocks blocks), lora, qlora (LoRA on 4-bit "
+            "weights), or qfrozen (nothing, on 4-bit weights: the least memory)"
         },
     )
     trainable_attention_blocks: int | None = field(
@@ -123,9 +136,9 @@ class BackboneSpec:
         default=None,
         metadata={
             "help": "LoRA settings, fields of llm_st.backbones.lora.LoraSettings (r, alpha, "
-            "dropout, target_modules, quantize, compute_dtype, gradient_checkpointing); only "
-            "with freeze lora or qlora, whose defaults fill what is not given (a mapping "
-            "becomes a LoraSettings)"
+            "dropout, target_modules, quantize, compute_dtype); only with freeze lora or "
+            "qlora, whose defaults fill what is not given (a mapping becomes a "
+            "LoraSettings), and with qfrozen, which takes quantize and compute_dtype only"
         },
     )
     attention_dropout: float = field(
@@ -134,6 +147,14 @@ class BackboneSpec:
     trust_remote_code: bool = field(
         default=False,
         metadata={"help": "run model code shipped with a hub repository (off: transformers' own)"},
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={
+            "help": "keep only each block's input for the backward pass and recompute the "
+            "rest there (any freeze policy; less memory, one more forward pass of the blocks; same "
+            "gradients); the llm2attn and none bodies have no blocks and ignore it"
+        },
     )
 
     def __post_init__(self) -> None:
@@ -168,11 +189,12 @@ class BackboneSpec:
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"backbone.attention_dropout={dropout} is outside [0, 1)", "use 0.1")
         self.attention_dropout = float(dropout)
-        if not isinstance(self.trust_remote_code, bool):
-            raise ConfigError(
-                f"backbone.trust_remote_code={self.trust_remote_code!r} is not a boolean",
-                "use true or false",
-            )
+        for name in ("trust_remote_code", "gradient_checkpointing"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(
+                    f"backbone.{name}={getattr(self, name)!r} is not a boolean",
+                    "use true or false",
+                )
         if self.mode in ABLATION_BODIES and self.freeze in LORA_POLICIES:
             raise ConfigError(
                 f"backbone mode {self.mode!r} has no pretrained blocks for freeze="
@@ -238,6 +260,8 @@ class BackboneSpec:
             lora = dataclasses.asdict(self.lora)
             if isinstance(lora["target_modules"], tuple):
                 lora["target_modules"] = list(lora["target_modules"])
+            if self.freeze == QFROZEN:
+                lora = {k: lora[k] for k in QUANTIZATION_FIELDS}
             plain["lora"] = lora
         return plain
 
@@ -245,9 +269,9 @@ class BackboneSpec:
         """The body this spec describes (:mod:`llm_st.backbones.ablations`).
 
         ``pretrained`` / ``random_init``: :func:`~llm_st.backbones.frozen.load_backbone`
-        with this spec's truncation, policy, precision and LoRA settings (random weights
-        drawn with ``seed``). ``llm2attn``: an :class:`AttentionBody` at the backbone's
-        width and head count, its weights drawn with ``seed``. ``none``: a
+        with this spec's truncation, policy, precision, LoRA settings and checkpointing
+        (random weights drawn with ``seed``). ``llm2attn``: an :class:`AttentionBody` at
+        the backbone's width and head count, its weights drawn with ``seed``. ``none``: a
         :class:`NoBody`. The last two read the backbone's config only, never its weights.
 
         Returns
@@ -267,6 +291,7 @@ class BackboneSpec:
                 seed=self.seed,
                 trust_remote_code=self.trust_remote_code,
                 lora=self.lora,
+                gradient_checkpointing=self.gradient_checkpointing,
             )
         config = backbone_config(self.source, self.trust_remote_code)
         if self.mode == "none":

@@ -24,10 +24,20 @@ weights (``S = B * N * C`` sequences):
    ``P`` positions are flattened into ``Linear(P * d_ff, H)``, then de-normalized.
 
 Trainable: patch embedding, prototype map, reprogramming projections (query, key, value,
-out) and head; the backbone stays fully frozen (policy ``"frozen"``). The prototype map
-reads the fixed vocabulary matrix directly (no copy of it is kept); the prompt prefix of
-a window depends only on its text, so its embeddings are computed once per distinct text
-(:class:`llm_st.backbones.cache.PrefixEmbedder`).
+out) and head; the backbone stays fully frozen (policy ``"frozen"``, or ``"qfrozen"`` on
+4-bit weights). The prompt prefix of a window depends only on its text, so each distinct
+text is tokenized once (:class:`llm_st.backbones.cache.PrefixEmbedder`).
+
+Memory (what a 7B backbone makes large outside its blocks): the prototype map reads the
+frozen vocabulary ``[vocab_size, D]`` where it is, in its dtype, transposed as a view
+(neither a float32 nor a transposed copy of the table is made or kept for the backward
+pass); the prefix, the reprogrammed patches and the hidden states ``[S, T + P, D]`` stay in
+the backbone's dtype, and only the ``[S, P, d_ff]`` features the head reads are cast to
+float32. With a float32 backbone every step computes what the plain formulas do, bit for
+bit. With a bfloat16 / float16 one (or ``"qfrozen"`` on a GPU) the prototypes are computed
+in that dtype (the prototype map's weight is rounded to it in the product) where they
+used to be float32; the other steps compute as before (the backbone cast its input to its
+dtype and back itself).
 
 Ablations (the backbone's ``mode``, :mod:`llm_st.backbones.ablations`) replace only the LLM's
 blocks: ``"llm2attn"`` runs one attention layer over the same prefix + patch sequence,
@@ -173,9 +183,9 @@ class TimeLLM(STModel):
     max_prompt_tokens : int
         Prefixes are truncated to this many tokens.
     prompt_cache : bool
-        Embed each distinct prefix text once (see :class:`PrefixEmbedder`).
+        Tokenize each distinct prefix text once (see :class:`PrefixEmbedder`).
     prompt_cache_mb : float
-        Most megabytes the prefix cache holds.
+        Most megabytes of token ids the prefix cache holds.
     """
 
     default_backbone = BackboneSpec(source="huggyllama/llama-7b")
@@ -238,7 +248,6 @@ class TimeLLM(STModel):
                 max_prompt_tokens,
                 prompt_cache,
                 prompt_cache_mb,
-                cache_id=f"{spec.source}|{spec.mode}",
             )
             if prompt and not isinstance(self.body, NoBody)
             else None
@@ -249,6 +258,17 @@ class TimeLLM(STModel):
         if isinstance(self.body, FrozenBackbone):
             return self.body.word_embeddings().weight
         return self.vocabulary
+
+    def prototypes(self) -> torch.Tensor:
+        """The ``K`` text prototypes ``[K, D]``: the prototype map over the vocabulary.
+
+        Computed in the vocabulary's dtype from the table itself (a transposed view), so
+        the backward pass keeps no copy of the ``[vocab_size, D]`` table; the map's weight
+        ``[K, vocab_size]`` is cast to that dtype for the product (a no-op in float32).
+        """
+        table = self.word_embedding_matrix()
+        weight, bias = self.prototype_map.weight, self.prototype_map.bias
+        return nn.functional.linear(table.t(), weight.to(table.dtype), bias.to(table.dtype)).t()
 
     def prompt_texts(self, series: torch.Tensor, observed: torch.Tensor | None) -> list[str]:
         """The prefix of each normalized history ``series`` ``[S, L]`` (``observed`` ``[S, L]``
@@ -283,15 +303,19 @@ class TimeLLM(STModel):
         normed, stats = instance_norm(z, dim=1, mask=mask)
         series = normed.transpose(1, 2).reshape(B * N * C, L)  # ordered (b, n, c)
         patches = patchify(series, self.patch_len, self.stride, "replicate")  # [S, P, patch_len]
-        table = self.word_embedding_matrix()
-        prototypes = self.prototype_map(table.t().to(self.prototype_map.weight.dtype)).t()
+        own = self.reprogramming.out.weight.dtype
+        prototypes = self.prototypes().to(own)  # [K, D]
         tokens = self.reprogramming(self.patch_embedding(patches), prototypes)  # [S, P, D]
+        # the backbone's dtype from here on: no float32 [S, T + P, D] copies
+        body_dtype = self.body.dtype if isinstance(self.body, FrozenBackbone) else own
+        tokens = tokens.to(body_dtype)
         attention_mask = None
         if self.prefix is not None:
             observed = None if mask is None else mask.transpose(1, 2).reshape(B * N * C, L)
-            prefix, prefix_mask = self.prefix(self.prompt_texts(series, observed), table)
-            tokens = torch.cat([prefix.to(tokens.dtype), tokens], dim=1)
+            texts = self.prompt_texts(series, observed)
+            prefix, prefix_mask = self.prefix(texts, self.word_embedding_matrix())
+            tokens = torch.cat([prefix.to(body_dtype), tokens], dim=1)  # [S, T + P, D]
             attention_mask = torch.cat([prefix_mask, prefix_mask.new_ones(len(tokens), P)], 1)
         hidden = self.body(tokens, attention_mask)[:, -P:, : self.d_ff]  # [S, P, d_ff]
-        y = self.head(hidden).reshape(B, N * C, H).transpose(1, 2)  # [B, H, N*C]
+        y = self.head(hidden.to(own)).reshape(B, N * C, H).transpose(1, 2)  # [B, H, N*C]
         return instance_denorm(y, stats).reshape(B, H, N, C)

@@ -184,6 +184,8 @@ class Alignment(Objective):
         ``log(1 / temperature)``; a parameter unless ``temperature`` is fixed.
     """
 
+    splittable = False  # the other windows of the batch are the negatives
+
     def __init__(
         self,
         info: DataInfo | None = None,

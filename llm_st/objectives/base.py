@@ -39,6 +39,10 @@ class Objective(nn.Module):
 
     name: ClassVar[str] = "objective"
     probabilistic: ClassVar[bool] = False
+    splittable: ClassVar[bool] = True
+    """Whether the loss of a batch is a mean of terms of single windows, so that micro-batches
+    weighted by :meth:`loss_weight` give the batch's loss (``training.micro_batch_size``);
+    False where windows meet in the loss (in-batch negatives), which splitting changes."""
 
     def __init__(self, info: DataInfo | None = None, model: nn.Module | None = None):
         super().__init__()
@@ -49,6 +53,14 @@ class Objective(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         """``(loss, logs)`` of ``model`` on ``batch``; ``loss`` is a differentiable 0-d tensor."""
         raise NotImplementedError
+
+    def loss_weight(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The number of terms (0-d tensor) that :meth:`loss` averages over ``batch``.
+
+        The engine weights the losses of the micro-batches of a batch by it, so that they
+        add up to the loss of the whole batch. Default: the number of windows.
+        """
+        return torch.tensor(float(len(batch["x"])), device=batch["x"].device)
 
     def sample(
         self, model: nn.Module, batch: dict[str, torch.Tensor], num_samples: int

@@ -154,6 +154,8 @@ class Contrastive(Objective):
         shortest crop as a share of the history (0.5).
     """
 
+    splittable = False  # every other window of the batch is a negative
+
     def __init__(
         self,
         info: DataInfo | None = None,

@@ -241,6 +241,10 @@ class Diffusion(Objective):
         loss = err.sum() / mask.sum().clamp(min=1)
         return loss, {"eps_mse": loss.detach()}
 
+    def loss_weight(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The observed targets, over which the loss is a mean."""
+        return batch["y_mask"].sum()
+
     @torch.no_grad()
     def sample(
         self, model: nn.Module, batch: dict[str, torch.Tensor], num_samples: int

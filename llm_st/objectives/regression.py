@@ -62,3 +62,7 @@ class Regression(ForecastObjective):
         # where() rather than a product: unobserved targets must not leak NaN into the gradient
         total = torch.where(mask, err, torch.zeros_like(err)).float().sum()
         return total / mask.sum().clamp(min=1)
+
+    def loss_weight(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The observed targets, over which the loss is a mean."""
+        return batch["y_mask"].sum()
