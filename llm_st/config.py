@@ -31,10 +31,19 @@ SELECT_METRICS = ("val_loss", "val_mae")
 DEVICES = ("auto", "cpu", "cuda")
 SCALER_KEYS = ("kind", "axis", "use_mask")
 METRIC_SCALES = ("original", "normalized")
+HARDWARE_SETTINGS = ("device", "compile", "micro_batch_size")
+"""Training settings that say how a run computes, not what it computes: a resumed run may
+change them (results then differ by rounding only)."""
 
 
-def _help(text: str, **kw: Any) -> Any:
-    return field(metadata={"help": text}, **kw)
+def _help(text: str, choices: tuple[str, ...] = (), **kw: Any) -> Any:
+    """A field with its ``help`` text and, for a string field, the ``choices`` it accepts
+    (checked when the value is coerced)."""
+    return field(metadata={"help": text, "choices": choices}, **kw)
+
+
+def _choices(cls: type, name: str) -> tuple[str, ...]:
+    return next(f.metadata.get("choices", ()) for f in dataclasses.fields(cls) if f.name == name)
 
 
 class _Section:
@@ -46,7 +55,10 @@ class _Section:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
             where = f"{self._section}.{f.name}" if self._section else f.name
-            setattr(self, f.name, _coerce(getattr(self, f.name), hints[f.name], where))
+            value = _coerce(
+                getattr(self, f.name), hints[f.name], where, f.metadata.get("choices", ())
+            )
+            setattr(self, f.name, value)
         self._check()
 
     def _check(self) -> None:
@@ -101,6 +113,7 @@ class DataConfig(_Section):
     metric_scale: str | None = _help(
         "original (ST graph protocol) or normalized (long-term series); default: dataset's",
         default=None,
+        choices=METRIC_SCALES,
     )
     horizons: list[int] | None = _help(
         "1-based horizon steps reported besides the average; default: those of 3, 6, 12 "
@@ -139,8 +152,6 @@ class DataConfig(_Section):
                 f"unknown key(s) {unknown} in data.scaler",
                 f"valid keys: {', '.join(SCALER_KEYS)}",
             )
-        if self.metric_scale is not None:
-            _choice(self.metric_scale, METRIC_SCALES, "data.metric_scale")
         bad = [h for h in self.horizons or [] if not 1 <= h <= self.horizon]
         _require(
             not bad,
@@ -235,15 +246,32 @@ class TrainingConfig(_Section):
     lr: float = _help("peak learning rate of AdamW", default=1e-4)
     weight_decay: float = _help("AdamW decoupled weight decay", default=0.0)
     scheduler: str = _help(
-        "learning-rate schedule after warm-up: cosine|constant|linear", default="cosine"
+        "learning-rate schedule after warm-up: cosine|constant|linear",
+        default="cosine",
+        choices=SCHEDULERS,
     )
     warmup_steps: int = _help("optimizer steps of linear warm-up from 0 to lr", default=0)
     grad_clip: float | None = _help(
         "clip the global gradient norm to this (null: no clipping)", default=5.0
     )
     grad_accum: int = _help("batches whose gradients are summed per optimizer step", default=1)
+    micro_batch_size: int | str | None = _help(
+        "split every batch into micro-batches of this many windows, whose gradients add up to "
+        "the whole batch's (less memory, the same result up to rounding); auto: on a CUDA GPU "
+        "halve it from batch_size until the first step fits in memory (on the CPU, and with "
+        "several processes, as null); null: the batch as it is",
+        default=None,
+        choices=("auto",),
+    )
     mixed_precision: str = _help(
-        "no|fp16|bf16; falls back to no, with a warning, where the device lacks it", default="no"
+        "no|fp16|bf16; falls back to no, with a warning, where the device lacks it",
+        default="no",
+        choices=MIXED_PRECISION,
+    )
+    compile: bool = _help(
+        "torch.compile the model and objective for training (pays on GPUs; compiling takes "
+        "seconds to minutes and may not pay on the CPU)",
+        default=False,
     )
     seed: int = _help("seed of model initialization, data order and dropout", default=0)
     patience: int | None = _help(
@@ -255,8 +283,11 @@ class TrainingConfig(_Section):
     select_metric: str = _help(
         "validation score for early stopping and best weights: val_loss (objective) or val_mae",
         default="val_loss",
+        choices=SELECT_METRICS,
     )
-    device: str = _help("auto (GPU when there is one), cpu or cuda", default="auto")
+    device: str = _help(
+        "auto (GPU when there is one), cpu or cuda", default="auto", choices=DEVICES
+    )
 
     def _check(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum"):
@@ -289,10 +320,11 @@ class TrainingConfig(_Section):
             f"training.grad_clip={self.grad_clip} must be positive",
             "use e.g. 1.0 or null",
         )
-        _choice(self.scheduler, SCHEDULERS, "training.scheduler")
-        _choice(self.mixed_precision, MIXED_PRECISION, "training.mixed_precision")
-        _choice(self.select_metric, SELECT_METRICS, "training.select_metric")
-        _choice(self.device, DEVICES, "training.device")
+        _require(
+            not isinstance(self.micro_batch_size, int) or self.micro_batch_size >= 1,
+            f"training.micro_batch_size={self.micro_batch_size} must be at least 1",
+            "set training.micro_batch_size >= 1, auto or null",
+        )
 
 
 @dataclass
@@ -311,16 +343,36 @@ def _type_error(where: str, value: Any, expected: str) -> ConfigError:
     return ConfigError(f"{where}={value!r} is not {expected}", f"give {where} {expected}")
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """``value`` converted to the type ``hint`` (numeric strings to numbers), else ConfigError."""
+def _expected(hint: Any, choices: tuple[str, ...]) -> str:
+    """How an error message names what a field of type ``hint`` takes."""
+    if hint is str and choices:
+        return f"one of {', '.join(choices)}"
+    names = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _coerce(value: Any, hint: Any, where: str, choices: tuple[str, ...] = ()) -> Any:
+    """``value`` converted to the type ``hint`` (numeric strings to numbers), else ConfigError.
+
+    A string field with ``choices`` must hold one of them; where they include ``"no"``,
+    YAML 1.1's ``no`` / ``false`` (which PyYAML reads as False) stands for ``"no"``.
+    A union tries its types in order.
+    """
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:
         return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(value, inner, where)
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _coerce(value, inner[0], where, choices)
+        for option in inner:
+            try:
+                return _coerce(value, option, where, choices)
+            except ConfigError:
+                pass
+        raise _type_error(where, value, " or ".join(_expected(a, choices) for a in inner))
     if dataclasses.is_dataclass(hint):
         return value if isinstance(value, hint) else _from_dict(hint, value, where)
     if origin in (list, tuple):
@@ -350,8 +402,12 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return int(number)
         return float(number)
     if hint is str:
+        if value is False and "no" in choices:
+            return "no"
         if not isinstance(value, str):
-            raise _type_error(where, value, "a string")
+            raise _type_error(where, value, _expected(str, choices))
+        if choices:
+            _choice(value, choices, where)
         return value
     raise TypeError(f"no coercion for {hint!r}")  # a recipe field of an unsupported type
 
@@ -390,7 +446,9 @@ def _from_dict(cls: type, raw: Any, path: str) -> Any:
         raise ConfigError(f"{where} lacks required key(s) {missing}", f"add {', '.join(missing)}")
     hints = typing.get_type_hints(cls)
     prefix = f"{path}." if path else ""
-    return cls(**{k: _coerce(v, hints[k], f"{prefix}{k}") for k, v in raw.items()})
+    return cls(
+        **{k: _coerce(v, hints[k], f"{prefix}{k}", _choices(cls, k)) for k, v in raw.items()}
+    )
 
 
 # ------------------------------------------------------------------ overrides
@@ -400,7 +458,8 @@ def _field_type(cls: type, key: str, path: str) -> Any:
         raise _unknown_key(key, path, cls)
     hint = typing.get_type_hints(cls)[key]
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        return inner[0] if len(inner) == 1 else hint
     return hint
 
 

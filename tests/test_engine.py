@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,17 +14,20 @@ import pandas as pd
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from llm_st.config import TrainingConfig
 from llm_st.data.container import STData
 from llm_st.data.task import ForecastTask, prepare_task
 from llm_st.engine import CheckpointManager, RunDir, Trainer, fit_and_evaluate, load_weights
-from llm_st.engine.accel import lr_schedule, resolve_mixed_precision
+from llm_st.engine.accel import lr_schedule, make_optimizer, resolve_mixed_precision
 from llm_st.engine.seeding import epoch_order, process_batches
+from llm_st.engine.trainer import halve_on_oom, split_batch, timed_warmup_steps
 from llm_st.errors import ConfigError
 from llm_st.evaluation.evaluate import evaluate, mean_loss
 from llm_st.models.base import DataInfo, STModel
 from llm_st.models.naive import LastValue
+from llm_st.models.registry import build_model
 from llm_st.objectives import Objective, build_objective
 
 
@@ -211,6 +216,11 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(tmp_path):
     other = TrainingConfig(**{**cfg.to_dict(), "lr": 1e-3})
     with pytest.raises(ConfigError, match="lr"):
         Trainer(make_model(task), None, task, other, run_dir=part).fit(resume=True)
+    # how the run computes may change (micro-batches, compilation): the finished run is kept
+    how = dataclasses.replace(cfg, micro_batch_size=3, compile=True)
+    with pytest.warns(UserWarning, match="compile on the CPU"):
+        again = Trainer(make_model(task), None, task, how, run_dir=part).fit(resume=True)
+    assert (again["steps"], again["val_loss"]) == (full["steps"], full["val_loss"])
 
 
 class _Payload:
@@ -400,3 +410,303 @@ def test_empty_validation_split_is_refused():
     task = prepare_task(wave_data(num_steps=200), 12, 3, ratios=(0.8, 0.0, 0.2))
     with pytest.raises(ConfigError, match="validation split is empty"):
         Trainer(make_model(task), None, task, TrainingConfig()).fit()
+
+
+# ----------------------------------------------------------------------------- speed
+def masked_wave_data(num_steps: int = 300, seed: int = 0) -> STData:
+    """:func:`wave_data` with about 40 % of the entries unobserved, unevenly over windows."""
+    data = wave_data(num_steps=num_steps, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    observed = rng.random(data.values.shape) > rng.uniform(0.0, 0.8, (num_steps, 1, 1))
+    return STData(data.values, mask=observed, timestamps=data.timestamps)
+
+
+def test_micro_batch_losses_weighted_by_observed_targets_add_up_to_the_batch_loss():
+    task = prepare_task(masked_wave_data(), 12, 3, ratios=(0.6, 0.2, 0.2))
+    batch = task.dataset("train")[np.arange(16)]
+    model, objective = make_model(task), build_objective("regression", loss="mse")
+    parts = split_batch(batch, 5)
+    assert [len(p["x"]) for p in parts] == [5, 5, 5, 1]
+    assert all(torch.equal(torch.cat([p[k] for p in parts]), batch[k]) for k in batch)
+    with torch.no_grad():
+        whole = objective.loss(model, batch)[0]
+        losses = torch.stack([objective.loss(model, p)[0] for p in parts])
+    weights = torch.stack([objective.loss_weight(p) for p in parts]).float()
+    assert weights.tolist() == [float(p["y_mask"].sum()) for p in parts]
+    assert len(set(weights.tolist())) > 1  # uneven: an unweighted mean would be wrong
+    torch.testing.assert_close((losses * weights).sum() / weights.sum(), whole)
+    assert abs(losses.mean() - whole) > 1e-3
+
+
+def test_micro_batches_train_the_weights_of_whole_batches():
+    task = prepare_task(masked_wave_data(), 12, 3, ratios=(0.6, 0.2, 0.2))
+    objective = {"name": "regression", "loss": "mse"}
+    runs = {}
+    for micro in (None, 5, "auto"):  # "auto" on the CPU: whole batches
+        model = make_model(task)
+        cfg = TrainingConfig(
+            epochs=2,
+            lr=1e-2,
+            batch_size=16,
+            grad_accum=2,
+            micro_batch_size=micro,
+            patience=None,
+            device="cpu",
+        )
+        trainer = Trainer(model, build_objective(**objective), task, cfg)
+        fit = trainer.fit()
+        runs[micro] = (model.lin.weight.detach().clone(), trainer.history, fit)
+    weights, history, fit = runs[None]
+    assert fit["micro_batch_size"] is None and runs[5][2]["micro_batch_size"] == 5
+    assert runs["auto"][2]["micro_batch_size"] is None
+    assert torch.equal(runs["auto"][0], weights)
+    torch.testing.assert_close(runs[5][0], weights, rtol=1e-5, atol=1e-6)
+    for key in ("train_loss", "val_loss"):
+        assert [r[key] for r in runs[5][1]] == pytest.approx([r[key] for r in history], rel=1e-5)
+
+
+class PairwiseObjective(Objective):
+    """A loss coupling the windows of a batch (its mean forecast), as in-batch negatives do."""
+
+    name = "pairwise"
+    splittable = False
+
+    def loss(self, model, batch):
+        pred = model(batch)
+        return (pred.mean(0) - batch["y_scaled"].mean(0)).abs().mean(), {}
+
+
+def test_micro_batches_of_an_objective_relating_windows_are_warned_about():
+    task = prepare_task(wave_data(num_steps=200), 12, 3, ratios=(0.6, 0.2, 0.2))
+    cfg = TrainingConfig(max_steps=2, batch_size=16, patience=None, device="cpu")
+    with pytest.warns(UserWarning, match="'pairwise' relates the windows.*micro-batches of 4"):
+        Trainer(
+            make_model(task),
+            PairwiseObjective(),
+            task,
+            dataclasses.replace(cfg, micro_batch_size=4),
+        ).fit()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # whole batches: nothing to warn about
+        Trainer(make_model(task), PairwiseObjective(), task, cfg).fit()
+
+
+def test_auto_micro_batches_halve_until_the_step_fits():
+    tried, released = [], []
+
+    def step(size: int) -> int:
+        tried.append(size)
+        if size > 24:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return 10 * size
+
+    assert halve_on_oom(step, 100, lambda: released.append(tried[-1])) == (12, 120)
+    assert tried == [100, 50, 25, 12] and released == [100, 50, 25]
+    tried.clear()
+    assert halve_on_oom(step, 16) == (16, 160) and tried == [16]  # fits at once: one try
+    tried.clear()
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        halve_on_oom(lambda size: step(size + 100), 2)
+    assert tried == [102, 101]  # sizes 2 and 1: the error of size 1 is raised
+
+    def broken(size: int) -> int:
+        tried.append(size)
+        raise ValueError("not a memory problem")
+
+    tried.clear()
+    with pytest.raises(ValueError):
+        halve_on_oom(broken, 64)
+    assert tried == [64]  # other errors are not retried
+
+
+class GradientsTakeMemory(Objective):
+    """Masked MSE that runs out of GPU memory (the real error, raised by hand) on a
+    micro-batch of more than ``limit`` windows, 8 fewer once gradients are allocated."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit, self.sizes = limit, []
+        self.mse = build_objective("regression", loss="mse")
+
+    def loss(self, model, batch):
+        size = len(batch["x"])
+        self.sizes.append(size)
+        if size + 8 * any(p.grad is not None for p in model.parameters()) > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self.mse.loss(model, batch)
+
+    def loss_weight(self, batch):
+        return self.mse.loss_weight(batch)
+
+
+def test_auto_micro_batches_restart_the_first_step_from_clean_gradients(monkeypatch):
+    # "auto" probes on CUDA only; the probe's logic is the same on the CPU
+    task = prepare_task(masked_wave_data(), 12, 3, ratios=(0.6, 0.2, 0.2))
+    cfg = TrainingConfig(
+        max_steps=3,
+        lr=1e-2,
+        batch_size=16,
+        eval_batch_size=16,
+        grad_accum=2,
+        patience=None,
+        device="cpu",
+    )
+    fixed, probed = make_model(task), make_model(task)
+    Trainer(
+        fixed, GradientsTakeMemory(20), task, dataclasses.replace(cfg, micro_batch_size=8)
+    ).fit()
+    monkeypatch.setattr(Trainer, "_micro_batch_size", lambda self: "auto")
+    objective = GradientsTakeMemory(20)
+    fit = Trainer(probed, objective, task, dataclasses.replace(cfg, micro_batch_size="auto")).fit()
+    # 16 fits the step's first batch, not its second once gradients exist; 8 fits both
+    assert objective.sizes[:6] == [16, 16, 8, 8, 8, 8] and fit["micro_batch_size"] == 8
+    # the failed try's gradients were dropped: the same weights as micro-batches of 8
+    assert torch.equal(probed.lin.weight, fixed.lin.weight)
+
+
+def test_samples_per_s_counts_the_steps_after_warm_up():
+    assert [timed_warmup_steps(n) for n in (1, 2, 9, 30, 95, 10_000)] == [0, 1, 1, 3, 9, 10]
+    task = prepare_task(wave_data(num_steps=300), 12, 3, ratios=(0.6, 0.2, 0.2))
+    n = len(task.dataset("train"))
+    cfg = TrainingConfig(epochs=3, batch_size=16, patience=None, device="cpu")
+    trainer = Trainer(make_model(task), None, task, cfg)
+    fit = trainer.fit()
+    st, steps = trainer.state, 3 * math.ceil(n / 16)
+    assert st.step == steps and st.samples == 3 * n
+    sizes = [len(b) for _ in range(3) for b in process_batches(np.arange(n), 16)]
+    assert st.timed_samples == sum(sizes[timed_warmup_steps(steps) :])
+    assert 0 < st.timed_time_s < st.train_time_s
+    assert fit["samples_per_s"] == st.timed_samples / st.timed_time_s
+
+
+@pytest.mark.slow  # compiling takes 10-40 s on two CPU cores
+def test_compiled_training_equals_eager_training():
+    task = prepare_task(wave_data(num_steps=200), 12, 3, ratios=(0.6, 0.2, 0.2))
+    weights = []
+    for compile in (False, True):
+        model = make_model(task)
+        cfg = TrainingConfig(
+            max_steps=4, lr=1e-2, batch_size=16, compile=compile, patience=None, device="cpu"
+        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            Trainer(model, None, task, cfg).fit()
+        assert any("compile on the CPU" in str(w.message) for w in caught) == compile
+        assert not hasattr(model, "_orig_mod")  # compiled in place: the same parameter names
+        weights.append(model.lin.weight.detach().clone())
+    torch.testing.assert_close(weights[1], weights[0], rtol=1e-5, atol=1e-6)
+
+
+class ScalarReads(TorchDispatchMode):
+    """Counts tensor -> Python number reads (``.item()``, ``float()``, ``.tolist()``), which
+    wait for a GPU; the host step counters of a CPU AdamW are read by torch by design."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads: list[torch.Tensor] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.reads.append(args[0])
+        return func(*args, **(kwargs or {}))
+
+
+class LoggingRegression(Objective):
+    """MAE that logs a Python float: one read of a tensor per batch."""
+
+    def loss(self, model, batch):
+        loss = build_objective("regression").forecast_loss(model(batch), batch)
+        return loss, {"mae": loss.item()}
+
+
+def scalar_reads_per_step(trainer: Trainer) -> list[int]:
+    """Tensor reads in each optimizer step of ``trainer.fit()``, torch's own AdamW step
+    counters left out (the first step also covers the set-up; evaluation follows the last)."""
+    mode, reads = ScalarReads(), []
+
+    def count(step: int) -> None:
+        counters = [s["step"] for s in trainer._stepper.state.values()]
+        reads.append(sum(not any(t is c for c in counters) for t in mode.reads))
+        mode.reads.clear()
+
+    trainer.on_step = count
+    with mode:
+        trainer.fit()
+    return reads[1:]
+
+
+@pytest.mark.parametrize(("objective", "reads"), [(None, 0), (LoggingRegression(), 8)])
+def test_training_steps_read_no_tensor_values(objective, reads):
+    # a logged float is read once per micro-batch: 2 batches of 4 micro-batches per step
+    task = prepare_task(masked_wave_data(), 12, 3, ratios=(0.6, 0.2, 0.2))
+    cfg = TrainingConfig(
+        max_steps=5, batch_size=16, grad_accum=2, micro_batch_size=5, patience=None, device="cpu"
+    )
+    assert scalar_reads_per_step(Trainer(make_model(task), objective, task, cfg)) == [reads] * 4
+
+
+@pytest.mark.parametrize(("dtype", "casts"), [("bfloat16", 0), ("float32", 16)])
+def test_a_bf16_backbone_is_not_cast_in_bf16_training(dtype, casts):
+    task = prepare_task(wave_data(num_steps=200, num_nodes=2), 12, 3, ratios=(0.6, 0.2, 0.2))
+    torch.manual_seed(0)
+    model = build_model(
+        "gpt4ts",
+        DataInfo.from_data(task.data, 12, 3),
+        backbone={"source": "tiny-gpt2", "num_layers": 2, "dtype": dtype},
+        patch_len=4,
+        stride=2,
+    )
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+
+    class FrozenCasts(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._to_copy.default and any(args[0] is p for p in frozen):
+                self.count += 1
+            return func(*args, **(kwargs or {}))
+
+    mode, counts = FrozenCasts(), []
+    cfg = TrainingConfig(
+        max_steps=3, batch_size=8, mixed_precision="bf16", patience=None, device="cpu"
+    )
+    with mode:
+        Trainer(model, None, task, cfg, on_step=lambda step: counts.append(mode.count)).fit()
+    # under autocast each step casts the fp32 matrices of the 2 blocks (weights and biases
+    # of 4 layers each); weights stored in bf16 are used as they are
+    assert np.diff(counts).tolist() == [casts, casts]
+    assert {p.dtype for p in frozen} == {getattr(torch, dtype)}
+
+
+def test_adamw_is_fused_and_steps_like_the_reference():
+    torch.manual_seed(0)
+    nets = [nn.Linear(4, 3), nn.Linear(4, 3)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    ours = make_optimizer(nets[0], lr=0.1, weight_decay=0.01)
+    assert ours.defaults["fused"] is True and not ours.defaults["foreach"]
+    assert [g["weight_decay"] for g in ours.param_groups] == [0.01, 0.0]  # matrices decay
+    reference = torch.optim.AdamW(
+        [
+            {"params": [nets[1].weight], "weight_decay": 0.01},
+            {"params": [nets[1].bias], "weight_decay": 0.0},
+        ],
+        lr=0.1,
+        foreach=False,
+    )
+    x = torch.randn(8, 4)
+    for _ in range(3):
+        for net, opt in zip(nets, (ours, reference), strict=True):
+            net(x).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_adamw_is_fused_on_cuda_unless_parameters_are_spread_over_devices():
+    net = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2)).cuda()
+    assert make_optimizer(net, lr=0.1, weight_decay=0.0).defaults["fused"] is True
+    net[1].cpu()
+    optimizer = make_optimizer(net, lr=0.1, weight_decay=0.0)
+    assert optimizer.defaults["foreach"] is True and not optimizer.defaults["fused"]

@@ -158,6 +158,48 @@ def test_overrides_are_parsed_as_yaml_and_checked_against_the_sections(tmp_path)
     assert BASE["training"] == {"lr": "1e-4", "epochs": 3}  # overrides never touch the input
 
 
+def test_mixed_precision_no_written_bare_is_the_string_no(tmp_path):
+    # YAML 1.1 reads a bare no (and false) as False; mixed_precision's choices hold "no"
+    path = write(tmp_path, BASE)
+    for text in ("no", "false", "'no'"):
+        recipe = load_recipe(
+            path, ["training.mixed_precision=bf16", f"training.mixed_precision={text}"]
+        )
+        assert recipe.training.mixed_precision == "no"
+    (tmp_path / "bare.yaml").write_text(
+        "data:\n  spec: synthetic-traffic\nmodel:\n  name: var\ntraining:\n  mixed_precision: no\n"
+    )
+    assert load_recipe(tmp_path / "bare.yaml").training.mixed_precision == "no"
+    assert TrainingConfig(mixed_precision=False).mixed_precision == "no"
+    # only False, only where "no" is a choice
+    with pytest.raises(ConfigError, match="mixed_precision=True is not one of no, fp16, bf16"):
+        load_recipe(path, ["training.mixed_precision=yes"])
+    with pytest.raises(ConfigError, match="scheduler=False is not one of cosine"):
+        load_recipe(path, ["training.scheduler=no"])
+    with pytest.raises(ConfigError, match="data.metric_scale=False is not one of original"):
+        load_recipe(path, ["data.metric_scale=no"])
+
+
+def test_micro_batch_size_and_compile_overrides(tmp_path):
+    path = write(tmp_path, BASE)
+    assert load_recipe(path).training.micro_batch_size is None
+    assert load_recipe(path).training.compile is False
+    recipe = load_recipe(path, ["training.micro_batch_size=auto", "training.compile=true"])
+    assert recipe.training.micro_batch_size == "auto" and recipe.training.compile is True
+    assert load_recipe(path, ["training.micro_batch_size=64"]).training.micro_batch_size == 64
+    assert load_recipe(path, ["training.micro_batch_size='8'"]).training.micro_batch_size == 8
+    save_recipe(recipe, tmp_path / "resolved.yaml")
+    assert load_recipe(tmp_path / "resolved.yaml") == recipe
+    for value, match in (
+        ("half", "micro_batch_size='half' is not a whole number or one of auto"),
+        ("0", "micro_batch_size=0 must be at least 1"),
+        ("2.5", "micro_batch_size=2.5 is not a whole number or one of auto"),
+        ("true", "micro_batch_size=True is not"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            load_recipe(path, [f"training.micro_batch_size={value}"])
+
+
 def test_missing_or_malformed_recipe_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_recipe(tmp_path / "nope.yaml")

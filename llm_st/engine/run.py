@@ -13,7 +13,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 
-from llm_st.config import DataConfig, Recipe, TrainingConfig, save_recipe
+from llm_st.config import HARDWARE_SETTINGS, DataConfig, Recipe, TrainingConfig, save_recipe
 from llm_st.data.container import STData
 from llm_st.data.task import ForecastTask, prepare_task
 from llm_st.engine.accel import make_accelerator
@@ -106,8 +106,9 @@ def fit_and_evaluate(
         rmse, mape}, "h3": ...}``), ``val_loss``, ``num_test_windows``,
         ``metric_scale``, ``best_epoch``, ``best_step``, ``selected_on``, ``epochs``,
         ``steps``, ``stopped_early``, ``params`` (trainable / total of the model,
-        objective), ``train_time_s``, ``samples_per_s``, ``peak_rss_mb``,
-        ``peak_cuda_mb``, ``world_size``, ``mixed_precision``, ``model``,
+        objective), ``train_time_s``, ``samples_per_s`` (after warm-up, see
+        :func:`~llm_st.engine.trainer.timed_warmup_steps`), ``micro_batch_size``,
+        ``peak_rss_mb``, ``peak_cuda_mb``, ``world_size``, ``mixed_precision``, ``model``,
         ``objective``, ``learned``, ``total_time_s`` (since ``started``, a
         ``time.perf_counter()`` value; default: the call), after the items of ``header``.
     """
@@ -159,16 +160,16 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _check_resumable(run: RunDir, recipe: Recipe) -> None:
-    """A resumed run must continue the recipe it was started with (the device may change)."""
+    """A resumed run must continue the recipe it was started with; the training settings of
+    :data:`~llm_st.config.HARDWARE_SETTINGS` (device, compile, micro-batches) may change."""
     path = run / "recipe.yaml"
     if not path.is_file():
         return
     saved = _flatten(yaml.safe_load(path.read_text()) or {})
     current = _flatten(recipe.to_dict())
+    free = {f"training.{name}" for name in HARDWARE_SETTINGS}
     changed = sorted(
-        k
-        for k in set(saved) | set(current)
-        if k != "training.device" and saved.get(k) != current.get(k)
+        k for k in set(saved) | set(current) if k not in free and saved.get(k) != current.get(k)
     )
     if changed:
         raise ConfigError(

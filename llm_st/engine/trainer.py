@@ -8,17 +8,30 @@ code runs on CPU, on one GPU and on several processes (``torchrun`` /
 ``accelerate launch``); model and objective form one module, so they share one
 optimizer, one DDP wrapper and one checkpoint.
 
+Speed: AdamW is fused on CUDA (``foreach`` elsewhere), ``training.compile`` compiles
+model and objective with ``torch.compile``, batches are copied from pinned memory
+asynchronously, and nothing in a step waits for the GPU (logged losses and the clipped
+gradient norm stay tensors until an evaluation). ``training.micro_batch_size`` splits
+batches into micro-batches whose gradients, weighted by
+:meth:`~llm_st.objectives.Objective.loss_weight`, add up to the whole batch's
+(``"auto"``: :func:`halve_on_oom` picks the size on a CUDA GPU). ``samples_per_s``
+leaves out warm-up (:func:`timed_warmup_steps`). The engine never changes a model's
+dtypes: under bf16 autocast, frozen float32 weights are cast on every step, while a
+backbone loaded in bfloat16 (``backbone.dtype``) is used as it is.
+
 Resumability: at every evaluation a checkpoint holds model, optimizer, scheduler
 and RNG states (Accelerate's ``save_state``), the best weights and the
 :class:`TrainState` (counters, early-stopping state, log history). The data order
 of an epoch is a pure function of ``(seed, epoch)``
 (:func:`~llm_st.engine.seeding.epoch_order`), so a resumed run replays exactly the
-batches the uninterrupted one would have seen.
+batches the uninterrupted one would have seen. A resumed run may change the settings of
+:data:`~llm_st.config.HARDWARE_SETTINGS` (device, compilation, micro-batches), not others.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import math
@@ -29,17 +42,18 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.optimizer import AcceleratedOptimizer
 from torch import nn
 from tqdm.auto import tqdm
 
-from llm_st.config import TrainingConfig
+from llm_st.config import HARDWARE_SETTINGS, TrainingConfig
 from llm_st.data.task import ForecastTask
-from llm_st.engine.accel import lr_schedule, make_accelerator, param_groups
+from llm_st.engine.accel import lr_schedule, make_accelerator, make_optimizer
 from llm_st.engine.artifacts import (
     keep_trained_on_save,
     logical_numel,
@@ -56,6 +70,9 @@ from llm_st.models.base import STModel
 from llm_st.objectives import ForecastObjective, Objective, build_objective
 
 logger = logging.getLogger("llm_st")
+
+T = TypeVar("T")
+Batch = dict[str, torch.Tensor]
 
 
 class TrainModule(nn.Module):
@@ -79,6 +96,8 @@ class TrainState:
     step: int = 0  # optimizer steps done
     samples: int = 0  # training windows processed, all processes
     train_time_s: float = 0.0  # time in training steps (evaluation excluded)
+    timed_samples: int = 0  # windows of the steps after warm-up (timed_warmup_steps)
+    timed_time_s: float = 0.0  # time of those steps
     best_score: float | None = None
     best_epoch: float | None = None
     best_step: int | None = None
@@ -103,6 +122,51 @@ def count_parameters(module: nn.Module) -> dict[str, int]:
 def _epoch_value(epoch: int, batch: int, batches: int) -> float | int:
     """Epoch progress as reported: an int at epoch ends, else a fraction."""
     return epoch if batch == 0 else round(epoch + batch / batches, 4)
+
+
+def timed_warmup_steps(total: int) -> int:
+    """Optimizer steps left out of ``samples_per_s`` at the start of a run of ``total`` steps.
+
+    10 % of the steps, at least 1 and at most 10 (none in a one-step run): the first steps
+    compile (``training.compile``), fill the memory allocators and pick kernels.
+    """
+    return 0 if total <= 1 else min(10, max(1, total // 10))
+
+
+def split_batch(batch: Batch, size: int) -> list[Batch]:
+    """Consecutive micro-batches of ``size`` windows (the last may be smaller) of ``batch``,
+    whose tensors all have the windows on their first axis."""
+    n = len(next(iter(batch.values())))
+    return [{k: v[lo : lo + size] for k, v in batch.items()} for lo in range(0, n, size)]
+
+
+def halve_on_oom(
+    run: Callable[[int], T], size: int, before_retry: Callable[[], None] | None = None
+) -> tuple[int, T]:
+    """``(m, run(m))`` for the first ``m`` of ``size, size // 2, ..., 1`` at which ``run``
+    does not raise :class:`torch.cuda.OutOfMemoryError`.
+
+    Between tries the failed try's tensors are released (garbage collection, CUDA cache)
+    after ``before_retry`` (e.g. dropping half-accumulated gradients). The error of size 1
+    is raised.
+    """
+    while True:
+        try:
+            return size, run(size)
+        except torch.cuda.OutOfMemoryError:
+            if size == 1:
+                raise
+        # outside the except block: its traceback holds the frames, and so the activations,
+        # of the failed try
+        logger.info(
+            "out of GPU memory with micro-batches of %d windows; trying %d", size, size // 2
+        )
+        size //= 2
+        if before_retry is not None:
+            before_retry()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 class Trainer:
@@ -155,6 +219,9 @@ class Trainer:
         self.module = TrainModule(model, self.objective)
         self._best: dict[str, torch.Tensor] | None = None
         self._batches_per_epoch = 1
+        self._micro: int | str | None = None  # windows per micro-batch; None: whole batches
+        self._trainable: list[nn.Parameter] = []
+        self._stepper: torch.optim.Optimizer | None = None  # what steps the optimizer
         self._ckpts = CheckpointManager(self.run_dir.checkpoints) if self.run_dir else None
 
     @property
@@ -175,7 +242,10 @@ class Trainer:
         dict
             ``best_epoch``, ``best_step``, ``selected_on``, ``val`` (metrics of the best
             weights), ``val_loss``, ``epochs``, ``steps``, ``stopped_early``,
-            ``train_time_s``, ``samples_per_s``.
+            ``train_time_s`` (training steps, evaluation and checkpoints excluded),
+            ``samples_per_s`` (training windows per second of all processes over the steps
+            after warm-up, see :func:`timed_warmup_steps`; None when no step was timed) and
+            ``micro_batch_size`` (windows per micro-batch; None: whole batches).
         """
         acc, cfg = self.accelerator, self.config
         seed_everything(cfg.seed + acc.process_index)
@@ -203,11 +273,26 @@ class Trainer:
         self._batches_per_epoch = batches
         steps_per_epoch = math.ceil(batches / cfg.grad_accum)
         total = cfg.max_steps or cfg.epochs * steps_per_epoch
-        optimizer = torch.optim.AdamW(param_groups(self.module, cfg.weight_decay), lr=cfg.lr)
+        optimizer = make_optimizer(self.module, cfg.lr, cfg.weight_decay)
         scheduler = lr_schedule(optimizer, cfg.scheduler, cfg.warmup_steps, total)
-        self._wrapped, self._optimizer, self._scheduler = acc.prepare(
-            self.module, optimizer, scheduler
-        )
+        self._wrapped, optimizer, self._scheduler = acc.prepare(self.module, optimizer, scheduler)
+        self._trainable = [p for p in self._wrapped.parameters() if p.requires_grad]
+        # Accelerate's plain optimizer wrapper matters only with a gradient scaler (fp16);
+        # otherwise it calls the optimizer after looking up an optional package on every
+        # step (importlib, ~0.3 ms) and inspecting zero_grad's signature on every call
+        plain = type(optimizer) is AcceleratedOptimizer and acc.scaler is None
+        self._stepper = optimizer.optimizer if plain else optimizer
+        if cfg.compile:
+            if acc.device.type == "cpu":
+                warnings.warn(
+                    "training.compile on the CPU: compiling takes seconds to minutes and the "
+                    "compiled step is not always faster; compare samples_per_s without it",
+                    stacklevel=2,
+                )
+            # in place (after Accelerate's mixed-precision wrapping, inside any DDP wrapper):
+            # parameter names, state dicts and checkpoints stay those of the plain module
+            self.module.compile()
+        self._micro = self._micro_batch_size()
         # checkpoints keep what trains, not the frozen pretrained weights
         hook = acc.register_save_state_pre_hook(keep_trained_on_save(acc.unwrap_model))
         try:
@@ -227,7 +312,8 @@ class Trainer:
         self._save_final_weights()
         # drop the optimizer state and wrappers (a later phase prepares its own)
         acc.free_memory()
-        self._wrapped = self._optimizer = self._scheduler = None
+        self._wrapped = self._scheduler = self._stepper = None
+        self._trainable = []
         return self._fit_summary(self.state.best_val)
 
     def test(self, part: str = "test") -> dict[str, Any]:
@@ -254,56 +340,184 @@ class Trainer:
             dynamic_ncols=True,
             disable=not (acc.is_main_process and sys.stderr.isatty()),
         )
-        sums: dict[str, torch.Tensor] = {}
+        # running sums of the logged values (device tensors: no sync per step), batch counts
+        sums: dict[str, torch.Tensor | float] = {}
+        counts: dict[str, int] = {}
+        warmup, steps_here = timed_warmup_steps(total), 0
         self.module.train()
-        clock = time.perf_counter()
+        clock = self._clock()
+        timed_since = clock if warmup == 0 else None
         while not st.done:
             order = epoch_order(len(train_set), cfg.seed, st.epoch)
             batches = process_batches(order, cfg.batch_size, rank, world)
-            for i in range(st.batch_in_epoch, len(batches)):
-                group = min(cfg.grad_accum, len(batches) - i // cfg.grad_accum * cfg.grad_accum)
-                sync = (i + 1) % cfg.grad_accum == 0 or i == len(batches) - 1
-                batch = {
-                    k: v.to(acc.device, non_blocking=True) for k, v in train_set[batches[i]].items()
-                }
-                with nullcontext() if sync else acc.no_sync(self._wrapped):
-                    loss, logs = self._wrapped(batch)
-                    acc.backward(loss / group)
-                for key, value in {"loss": loss, **logs}.items():
-                    value = torch.as_tensor(value, device=acc.device).detach().float()
-                    sums[key] = sums.get(key, 0) + torch.stack([value, torch.ones_like(value)])
-                st.samples += len(batches[i]) * world
-                if not sync:
-                    continue
-                if cfg.grad_clip is not None:
-                    acc.clip_grad_norm_(self._wrapped.parameters(), cfg.grad_clip)
-                self._optimizer.step()
-                self._scheduler.step()
-                self._optimizer.zero_grad(set_to_none=True)
+            # a resumed epoch starts at an accumulation group's first batch
+            for first in range(st.batch_in_epoch, len(batches), cfg.grad_accum):
+                group = batches[first : first + cfg.grad_accum]
+                if steps_here == 0 and self._micro == "auto":
+                    records = self._probe_step(train_set, group)
+                else:
+                    records = self._step(train_set, group)
+                for record in records:
+                    for key, value in record.items():
+                        sums[key] = sums.get(key, 0.0) + value
+                        counts[key] = counts.get(key, 0) + 1
+                windows = sum(len(b) for b in group) * world
+                st.samples += windows
+                if timed_since is not None:
+                    st.timed_samples += windows
                 st.step += 1
-                st.batch_in_epoch = i + 1
+                steps_here += 1
+                st.batch_in_epoch = first + len(group)
                 if st.batch_in_epoch == len(batches):
                     st.epoch, st.batch_in_epoch = st.epoch + 1, 0
                 bar.update(1)
                 if self.on_step is not None:
                     self.on_step(st.step)
+                if steps_here == warmup:
+                    timed_since = self._clock()
                 end_of_epoch = st.batch_in_epoch == 0
                 if (
                     (cfg.eval_every is None and end_of_epoch)
                     or (cfg.eval_every is not None and st.step % cfg.eval_every == 0)
                     or st.step >= total
                 ):
-                    st.train_time_s += time.perf_counter() - clock
-                    record = self._evaluate(sums, total, len(batches))
+                    now = self._clock()
+                    st.train_time_s += now - clock
+                    if timed_since is not None:
+                        st.timed_time_s += now - timed_since
+                    record = self._evaluate(sums, counts, total, len(batches))
                     bar.set_postfix(val_loss=f"{record['val_loss']:.4g}")
-                    sums = {}
+                    sums, counts = {}, {}
                     self._checkpoint()
-                    clock = time.perf_counter()
+                    clock = time.perf_counter()  # evaluation ended on the host
+                    timed_since = clock if timed_since is not None else None
                     if st.done:
                         break
         bar.close()
 
-    def _evaluate(self, sums: dict[str, torch.Tensor], total: int, batches: int) -> dict[str, Any]:
+    def _clock(self) -> float:
+        """``time.perf_counter()`` once the device has done the work queued so far."""
+        if self.accelerator.device.type == "cuda":
+            torch.cuda.synchronize(self.accelerator.device)
+        return time.perf_counter()
+
+    def _micro_batch_size(self) -> int | str | None:
+        """``training.micro_batch_size`` as it applies here (None: whole batches)."""
+        acc, size = self.accelerator, self.config.micro_batch_size
+        if size == "auto":
+            if acc.num_processes > 1:
+                # an out-of-memory error on one process leaves the others waiting in a
+                # collective: every process would have to agree on the size first
+                warnings.warn(
+                    "training.micro_batch_size=auto is not used with several processes; "
+                    "training on whole batches (set a number of windows to split them)",
+                    stacklevel=3,
+                )
+            return "auto" if acc.device.type == "cuda" and acc.num_processes == 1 else None
+        if size is None or size >= self.config.batch_size:
+            return None
+        self._warn_if_not_splittable(size)
+        return size
+
+    def _warn_if_not_splittable(self, size: int) -> None:
+        if not self.objective.splittable:
+            warnings.warn(
+                f"objective {self.objective.name!r} relates the windows of a batch to each "
+                f"other; micro-batches of {size} windows change its loss, not only the memory "
+                "it takes",
+                stacklevel=4,
+            )
+
+    def _to_device(self, batch: Batch) -> Batch:
+        device = self.accelerator.device
+        if device.type == "cpu":
+            return batch
+        # a copy from pinned memory runs asynchronously (one from pageable memory waits for
+        # the GPU), so the next batch is gathered while the GPU computes this one
+        return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+
+    def _step(self, train_set: Any, group: list[np.ndarray]) -> list[dict[str, Any]]:
+        """One optimizer step on the batches of an accumulation ``group`` (indices of
+        ``train_set``); returns the logs (``loss`` and the objective's) of each batch."""
+        cfg = self.config
+        records = [
+            self._forward_backward(
+                self._to_device(train_set[idx]), 1 / len(group), sync=k == len(group) - 1
+            )
+            for k, idx in enumerate(group)
+        ]
+        if cfg.grad_clip is not None:
+            self.accelerator.clip_grad_norm_(self._trainable, cfg.grad_clip)
+        self._stepper.step()
+        self._scheduler.step()
+        self._stepper.zero_grad(set_to_none=True)
+        return records
+
+    def _probe_step(self, train_set: Any, group: list[np.ndarray]) -> list[dict[str, Any]]:
+        """The first step under ``micro_batch_size: auto`` (CUDA): the largest micro-batch
+        of ``batch_size``, ``batch_size // 2``, ... with which the step (forward, backward
+        and the optimizer's first allocation of its state) fits in GPU memory."""
+        fresh = not self._stepper.state  # a resumed run has loaded the optimizer's state
+
+        def attempt(size: int) -> list[dict[str, Any]]:
+            self._micro = size
+            return self._step(train_set, group)
+
+        def release() -> None:
+            self._stepper.zero_grad(set_to_none=True)
+            if fresh:  # a half-built AdamW state would be taken for a whole one
+                self._stepper.state.clear()
+
+        size, records = halve_on_oom(attempt, self.config.batch_size, release)
+        self._micro = size if size < self.config.batch_size else None
+        if self._micro is not None:
+            self._warn_if_not_splittable(size)
+        logger.info(
+            "micro_batch_size auto: %d windows per micro-batch (batches of %d)",
+            size,
+            self.config.batch_size,
+        )
+        return records
+
+    def _forward_backward(self, batch: Batch, scale: float, sync: bool) -> dict[str, Any]:
+        """Add the gradient of ``scale * loss(batch)``; return the batch's logs (not synced).
+
+        With micro-batches, micro-batch ``j``'s loss is weighted by its share
+        ``w_j / sum(w)`` of the objective's :meth:`~llm_st.objectives.Objective.loss_weight`:
+        for a loss that is a mean over ``w`` terms the shares add the micro-batch means up
+        to the whole batch's mean, and so the gradients to the whole batch's gradient.
+        ``sync``: the last backward of an optimizer step, where DDP averages gradients.
+        """
+        acc = self.accelerator
+        n = len(batch["x"])
+        if not isinstance(self._micro, int) or self._micro >= n:
+            parts, shares = [batch], [None]
+        else:
+            parts = split_batch(batch, self._micro)
+            weights = torch.stack([self.objective.loss_weight(p).float() for p in parts])
+            # clamped for a batch without any term: every micro-batch loss is 0 there
+            shares = list(weights / weights.sum().clamp(min=torch.finfo(torch.float32).tiny))
+        logs: dict[str, Any] = {}
+        for j, (part, share) in enumerate(zip(parts, shares, strict=True)):
+            last = j == len(parts) - 1
+            with nullcontext() if sync and last else acc.no_sync(self._wrapped):
+                loss, part_logs = self._wrapped(part)
+                if share is None:
+                    acc.backward(loss if scale == 1 else loss * scale)
+                else:
+                    acc.backward(loss * (share * scale))
+            for key, value in {"loss": loss, **part_logs}.items():
+                value = value.detach().float() if torch.is_tensor(value) else float(value)
+                logs[key] = value if share is None else logs.get(key, 0.0) + value * share
+        return logs
+
+    def _evaluate(
+        self,
+        sums: dict[str, torch.Tensor | float],
+        counts: dict[str, int],
+        total: int,
+        batches: int,
+    ) -> dict[str, Any]:
         """Score the validation split, update best weights and early stopping, log."""
         acc, cfg, st = self.accelerator, self.config, self.state
         record: dict[str, Any] = {
@@ -312,7 +526,13 @@ class Trainer:
             "lr": self._scheduler.get_last_lr()[0],
         }
         for key in sorted(sums):
-            value, count = acc.reduce(sums[key], reduction="sum").tolist()
+            pair = torch.stack(
+                [
+                    torch.as_tensor(sums[key], dtype=torch.float32, device=acc.device),
+                    torch.tensor(float(counts[key]), device=acc.device),
+                ]
+            )
+            value, count = acc.reduce(pair, reduction="sum").tolist()
             record[f"train_{key}"] = value / count
         val = self._validate()
         record["val_loss"] = val["loss"]
@@ -407,7 +627,9 @@ class Trainer:
             return
         saved = TrainState(**json.loads((latest / "trainer_state.json").read_text()))
         changed = sorted(
-            k for k, v in saved.config.items() if k != "device" and self.state.config.get(k) != v
+            k
+            for k, v in saved.config.items()
+            if k not in HARDWARE_SETTINGS and self.state.config.get(k) != v
         )
         if changed:
             raise ConfigError(
@@ -450,5 +672,6 @@ class Trainer:
             "steps": st.step,
             "stopped_early": st.stopped_early,
             "train_time_s": st.train_time_s,
-            "samples_per_s": st.samples / st.train_time_s if st.train_time_s > 0 else None,
+            "samples_per_s": st.timed_samples / st.timed_time_s if st.timed_time_s > 0 else None,
+            "micro_batch_size": self._micro if isinstance(self._micro, int) else None,
         }
