@@ -52,3 +52,22 @@ lint: $(VENV)/.installed-test
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The oldest transformers llm-st is tested with (the floor in pyproject.toml): `make test-floor`
+# builds $(FLOOR_VENV) with exactly that version and runs the default test suite there. Its tiny
+# test models are built by that version too, in their own cache.
+FLOOR_VENV ?= .venv-floor
+FLOOR_TRANSFORMERS ?= 5.0.0
+FLOOR_PY := $(FLOOR_VENV)/bin/python
+
+.PHONY: test-floor
+
+$(FLOOR_VENV)/.installed: pyproject.toml setup.py
+	test -x $(FLOOR_PY) || $(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_PY) -m pip install -q --upgrade pip
+	$(FLOOR_PY) -m pip install -q "$(TORCH_SPEC)"
+	$(FLOOR_PY) -m pip install -q -e ".[test,pretrained]" "transformers==$(FLOOR_TRANSFORMERS)"
+	touch $@
+
+test-floor: $(FLOOR_VENV)/.installed
+	LLM_ST_CACHE=$(abspath $(FLOOR_VENV))/llm_st_cache $(FLOOR_PY) -m pytest -q $(PYTEST_ARGS)

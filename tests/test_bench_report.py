@@ -93,7 +93,12 @@ def test_baseline_run_rows_are_the_run_directories_metrics(tmp_path):
         tmp_path,
         ["dlinear", "last_value"],
         seeds=2,
-        overrides=[f"data.spec={SPEC}", "training.epochs=1", "training.batch_size=64"],
+        overrides=[
+            f"data.spec={SPEC}",
+            "training.epochs=1",
+            "training.batch_size=64",
+            "training.device=cpu",
+        ],
         progress=lines.append,
     )
     assert result.skipped is None

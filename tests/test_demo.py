@@ -12,7 +12,7 @@ from llm_st.errors import ConfigError
 def test_demo_quick_table(tmp_path):
     lines: list[str] = []
     out = tmp_path / "demo"
-    rows = run_demo(quick=True, out=out, print_fn=lines.append)
+    rows = run_demo(quick=True, out=out, device="cpu", print_fn=lines.append)
     by_name = {r["method"]: r for r in rows}
     assert {
         "last_value",

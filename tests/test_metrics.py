@@ -336,3 +336,32 @@ def test_quantiles_from_samples_match_numpy_quantile():
     np.testing.assert_allclose(quantiles_from_samples(samples, levels), expected, rtol=1e-12)
     got = quantiles_from_samples(torch.as_tensor(np.moveaxis(samples, 0, 1)), levels, 1)
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12)
+
+
+def test_scorer_scores_tensors_with_a_graph_or_in_bfloat16_as_their_arrays():
+    # the engine and the pipeline hand the scorer tensors (on the GPU there); they are
+    # scored as the same numbers in float64, whatever their dtype or autograd state
+    from llm_st.data.synthetic import synthetic_traffic
+    from llm_st.data.task import prepare_task
+    from llm_st.evaluation.evaluate import Scorer
+
+    task = prepare_task(synthetic_traffic(num_nodes=4, num_days=2, seed=0), 12, 6)
+    batch = task.dataset("test")[list(range(8))]
+    g = torch.Generator().manual_seed(0)
+    pred = batch["y"] + torch.randn(batch["y"].shape, generator=g)
+    samples = (pred[None] + torch.randn((5, *pred.shape), generator=g)).bfloat16()
+    arrays, tensors = Scorer(task), Scorer(task)
+    arrays.update(
+        pred.double().numpy(),
+        batch["y"].numpy(),
+        batch["y_mask"].numpy(),
+        samples=samples.double().numpy(),
+    )
+    tensors.update(
+        pred.requires_grad_(), batch["y"], batch["y_mask"], samples=samples.requires_grad_()
+    )
+    expected, got = arrays.result(), tensors.result()
+    assert got["crps"] == pytest.approx(expected["crps"], rel=1e-9) and expected["crps"] > 0
+    for key, values in expected["metrics"].items():
+        assert got["metrics"][key] == pytest.approx(values, rel=1e-9)
+    assert got["num_windows"] == expected["num_windows"] == 8

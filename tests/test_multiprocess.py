@@ -3,7 +3,8 @@
 The test starts this file under ``torchrun --standalone --nproc_per_node 2`` (a free
 port, unlike ``accelerate.debug_launcher``'s fixed 29500); each process trains the
 same task with the engine and writes what it saw, and the test compares the two
-processes with each other and with a single-process evaluation.
+processes with each other and with a single-process evaluation. The children run on the
+CPU backend even where a GPU is visible (:data:`CPU_ONLY`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from llm_st.models.registry import build_model, list_models
 
 REPO = Path(__file__).resolve().parents[1]
 HORIZONS = (1, 3)
+# the children see no GPU and Accelerate is told to use the CPU (gloo), so a machine with
+# GPUs runs the same two CPU processes (not NCCL, not both processes on one GPU)
+CPU_ONLY = {"OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", "CUDA_VISIBLE_DEVICES": ""}
 CONFIG = TrainingConfig(
     epochs=2, lr=1e-2, batch_size=8, eval_batch_size=16, patience=None, device="cpu", seed=5
 )
@@ -66,7 +70,7 @@ def worker(out: Path) -> None:
 
 @pytest.mark.multiprocess
 def test_two_cpu_processes_train_in_sync_and_score_every_window_once(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, **CPU_ONLY, "PYTHONWARNINGS": "ignore"}
     cmd = [
         sys.executable,
         "-m",
@@ -126,7 +130,7 @@ def test_train_script_under_torchrun(tmp_path):
         )
     )
     out = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    env = {**os.environ, **CPU_ONLY}
     cmd = [
         sys.executable,
         "-m",

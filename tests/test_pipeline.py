@@ -185,7 +185,7 @@ def test_baseline_and_zero_shot_answer_the_same_calls(tmp_path):
     task = build_task(recipe_from_dict({"data": {"spec": DATA}, "model": {"name": "var"}}).data)
     cutoffs = task.dataset("test").index.starts[[0, 5]] + task.history - 1
 
-    var = ForecastPipeline.from_method("var", history=12, horizon=12)
+    var = ForecastPipeline.from_method("var", history=12, horizon=12, device="cpu")
     var.fit(task.train_data(), task.scaler)
     model = build_model("var", DataInfo.from_data(data, 12, 12))
     model.fit_data(task.train_data(), task.scaler)
@@ -195,7 +195,9 @@ def test_baseline_and_zero_shot_answer_the_same_calls(tmp_path):
 
     zero = ForecastPipeline.from_pretrained("tiny-gpt2", 12, 6, device="cpu", num_samples=2, seed=3)
     forecast = zero.predict(data, at=cutoffs, progress=False)
-    direct = ZeroShotForecaster.from_pretrained("tiny-gpt2", num_samples=2, seed=3, batch_size=8)
+    direct = ZeroShotForecaster.from_pretrained(
+        "tiny-gpt2", device="cpu", num_samples=2, seed=3, batch_size=8
+    )
     expected = direct.forecast_windows(data, cutoffs - 11, 12, 6, progress=False)
     np.testing.assert_array_equal(forecast.point, expected.point)
     assert forecast.samples.shape == (2, 2, 6, 5, 1) and forecast.quantiles is not None
@@ -209,7 +211,7 @@ def test_predict_df_returns_one_row_per_series_and_future_step():
         pd.DataFrame({"unique_id": uid, "ds": times, "y": rng.normal(size=60) + k})
         for k, uid in enumerate(["a", "b", "c"])
     )
-    pipeline = ForecastPipeline.from_method("last_value", history=4, horizon=5)
+    pipeline = ForecastPipeline.from_method("last_value", history=4, horizon=5, device="cpu")
     out = pipeline.predict_df(frame)
     assert len(out) == 3 * 5
     assert list(out.columns[:3]) == ["unique_id", "ds", "cutoff"]

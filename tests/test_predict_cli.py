@@ -107,7 +107,7 @@ def test_evaluate_reproduces_the_run_and_baselines_need_no_run(tmp_path, capsys)
     run = train_run(tmp_path, "synthetic-traffic:num_nodes=4,num_days=3")
     metrics = json.loads((run / "metrics.json").read_text())
     out = tmp_path / "eval.json"
-    assert main(["evaluate", "--run", str(run), "--out", str(out)]) == 0
+    assert main(["evaluate", "--run", str(run), "--out", str(out), "--device", "cpu"]) == 0
     result = json.loads(out.read_text())
     assert result["num_windows"] == metrics["num_test_windows"]
     assert result["metrics"]["avg"]["mae"] == pytest.approx(metrics["test"]["avg"]["mae"], 1e-6)

@@ -95,6 +95,7 @@ def test_synthetic_dlinear_recipe_beats_copy_last_on_the_same_windows(tmp_path):
         "data.spec=synthetic-traffic:num_nodes=12,num_days=14,interval_minutes=15,seed=0",
         "training.epochs=2",
         "training.batch_size=8",
+        "training.device=cpu",
     ]
     runs = {}
     for model in ("dlinear", "last_value", "seasonal_naive"):

@@ -55,7 +55,7 @@ def recipe_file(tmp_path: Path, model: str, params: dict, training: dict | None 
         "name": f"{model}-tiny",
         "data": {"spec": DATA, "history": 12, "horizon": 6, "horizons": [3, 6]},
         "model": {"name": model, "params": params},
-        "training": {"eval_batch_size": 128, **(training or {})},
+        "training": {"eval_batch_size": 128, "device": "cpu", **(training or {})},
     }
     path = tmp_path / f"{model}.yaml"
     path.write_text(yaml.safe_dump(raw))

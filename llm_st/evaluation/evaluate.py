@@ -156,11 +156,12 @@ class Scorer:
         self.metrics.update(pred, target, mask)
         self.num_windows += len(pred)
         if samples is not None:
-            samples = self._to_protocol(samples, scale, nodes, channels)
-            samples = np.where(np.isnan(samples), np.asarray(pred)[None], samples)
-            valid = np.asarray(mask, bool)
+            samples = _numpy(self._to_protocol(samples, scale, nodes, channels))
+            pred, target, mask = _numpy(pred), _numpy(target), _numpy(mask)
+            samples = np.where(np.isnan(samples), pred[None], samples)
+            valid = mask.astype(bool)
             if self.metrics.null_value is not None:
-                valid = valid & ~np.isclose(np.asarray(target), self.metrics.null_value)
+                valid = valid & ~np.isclose(target, self.metrics.null_value)
             count = float(valid.sum())
             if count:
                 crps = crps_from_samples(samples, target, valid)
@@ -199,6 +200,14 @@ class Scorer:
         if self.crps_count:
             out["crps"] = self.crps_sum / self.crps_count
         return out
+
+
+def _numpy(values: Any) -> np.ndarray:
+    """``values`` as a numpy array; a tensor (on any device, in any dtype, bfloat16 too) as
+    float64 on the CPU."""
+    if isinstance(values, torch.Tensor):
+        return values.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(values)
 
 
 def _model_device(model: torch.nn.Module, device: str | torch.device | None) -> torch.device:

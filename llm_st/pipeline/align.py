@@ -26,7 +26,7 @@ from llm_st.crossmodal.report import AlignmentReport, score_alignment
 from llm_st.data import load
 from llm_st.data.task import ForecastTask, prepare_task
 from llm_st.engine import Trainer, open_run_dir, seed_everything
-from llm_st.engine.accel import make_accelerator
+from llm_st.engine.accel import make_accelerator, resolve_device
 from llm_st.models.base import DataInfo, STModel
 from llm_st.objectives import build_objective
 from llm_st.objectives.alignment import AlignmentConfig
@@ -34,13 +34,16 @@ from llm_st.objectives.alignment import AlignmentConfig
 logger = logging.getLogger("llm_st")
 
 
-def alignment_training(steps: int = 300, batch_size: int = 16, seed: int = 0) -> TrainingConfig:
+def alignment_training(
+    steps: int = 300, batch_size: int = 16, seed: int = 0, device: str = "auto"
+) -> TrainingConfig:
     """The optimization of ``llm-st align``.
 
     AdamW (learning rate 1e-3, weight decay 0.01) with cosine decay over ``steps``
     optimizer steps of ``batch_size`` windows, no gradient clipping, an evaluation
     every epoch and no early stopping: runs compared at the same budget train the same
-    number of steps; the weights with the best validation loss are kept.
+    number of steps; the weights with the best validation loss are kept. ``device``:
+    ``auto`` (the GPU when there is one), ``cpu`` or ``cuda``.
     """
     return TrainingConfig(
         max_steps=steps,
@@ -50,6 +53,7 @@ def alignment_training(steps: int = 300, batch_size: int = 16, seed: int = 0) ->
         grad_clip=None,
         patience=None,
         seed=seed,
+        device=device,
     )
 
 
@@ -169,6 +173,7 @@ def run_alignment(
     *,
     resume: bool = False,
     on_step: Callable[[int], None] | None = None,
+    device: str = "auto",
 ) -> tuple[AlignmentReport, Path | None]:
     """``llm-st align``: load ``spec``, :func:`align` with defaults, write ``out/alignment.json``.
 
@@ -177,7 +182,8 @@ def run_alignment(
     the engine's run directory (``resume`` continues an interrupted run there) and
     the text embeddings are cached in ``out/text_embeddings-<hash of the encoder
     spec>.safetensors`` (rewritten when new texts were encoded, also when the run is
-    interrupted), so a second run over the same data encodes nothing.
+    interrupted), so a second run over the same data encodes nothing. The text encoder and
+    the training run on ``device`` (``auto``: the GPU when there is one).
 
     Returns the report and the path of the JSON file (``None`` without ``out``).
     """
@@ -185,7 +191,9 @@ def run_alignment(
     if out is not None:
         tag = hashlib.sha256(str(text_encoder).encode("utf-8")).hexdigest()[:12]
         cache_path = Path(out) / f"text_embeddings-{tag}.safetensors"
-    text_model = text_encoder_from_spec(text_encoder, cache_path=cache_path)
+    text_model = text_encoder_from_spec(
+        text_encoder, cache_path=cache_path, device=resolve_device(device)
+    )
     data = load(spec, data_dir=data_dir)
     task = prepare_task(data, history, 1, stride=max(1, history // 4))
     try:
@@ -193,7 +201,7 @@ def run_alignment(
             task,
             AlignmentConfig(text_encoder=text_encoder),
             encoder,
-            alignment_training(steps, batch_size, seed),
+            alignment_training(steps, batch_size, seed, device),
             text_model=text_model,
             run_dir=out,
             resume=resume,

@@ -295,7 +295,7 @@ class ForecastPipeline:
         horizon: int = 12,
         device: str | torch.device | None = None,
         dtype: str | None = None,
-        batch_size: int = 8,
+        batch_size: int | str = "auto",
         **forecaster_kwargs: Any,
     ) -> ForecastPipeline:
         """A causal LM forecasting zero-shot (:class:`~llm_st.zeroshot.ZeroShotForecaster`).
@@ -324,12 +324,18 @@ class ForecastPipeline:
 
     @classmethod
     def from_method(
-        cls, name: str, history: int = 12, horizon: int = 12, **params: Any
+        cls,
+        name: str,
+        history: int = 12,
+        horizon: int = 12,
+        device: str | torch.device | None = None,
+        **params: Any,
     ) -> ForecastPipeline:
         """A non-learned baseline (``learned = False`` methods) by its registry name.
 
         It is fit (:meth:`fit`) on the training rows given, else on the rows up to the first
         cut-off of each :meth:`predict` call, with a global z-score fit on those rows.
+        ``device``: as in :meth:`from_run`; ``params`` go to the method.
         """
         cls_ = get_model_class(name)
         if cls_.learned:
@@ -338,7 +344,9 @@ class ForecastPipeline:
                 "train it with llm-st train and load the run with from_run, or use one of "
                 "the non-learned methods",
             )
-        return cls(history=history, horizon=horizon, name=name, method=(name, params))
+        return cls(
+            history=history, horizon=horizon, name=name, method=(name, params), device=device
+        )
 
     # ------------------------------------------------------------------ fitting
     def fit(self, train: DataLike, scaler: Scaler | None = None) -> ForecastPipeline:
@@ -360,9 +368,10 @@ class ForecastPipeline:
         return self
 
     def _place(self, model: torch.nn.Module) -> None:
-        quantized = any(getattr(p, "quant_state", None) is not None for p in model.parameters())
-        if not quantized:
-            model.to(self.device)
+        # all of it, 4-bit weights too: bitsandbytes quantizes a backbone on the device it is
+        # loaded to (the GPU when one is visible, llm_st.backbones.lora.quantized_device_map)
+        # while the method's own layers are built on the CPU; packed weights move as they are
+        model.to(self.device)
         model.eval()
 
     # ------------------------------------------------------------------ forecasting

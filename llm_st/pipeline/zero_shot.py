@@ -29,7 +29,7 @@ def run_zero_shot(
     overwrite: bool = False,
     device: str | None = None,
     dtype: str | None = None,
-    batch_size: int = 8,
+    batch_size: int | str = "auto",
     **forecaster_kwargs: Any,
 ) -> dict[str, Any]:
     """Forecast ``part`` of ``dataset`` with ``model`` zero-shot and write ``out``:
