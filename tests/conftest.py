@@ -43,3 +43,13 @@ def shared_data() -> Path:
     if not root.is_dir():
         pytest.skip(f"real benchmark files not found at {root} (set LLM_ST_DATA)")
     return root
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test runs on one torch thread and leaves the count as it found it (a test or a
+    bench helper may change it): tiny models gain nothing from threads on two shared cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from llm_st.backbones import load_causal_lm, tiny_model_dir
 
@@ -38,12 +37,3 @@ def tiny_llama(tiny_cache: Path):
 def tiny_tokenizers(tiny_gpt2, tiny_llama) -> dict:
     """``{"bpe": GPT-2-like tokenizer, "sentencepiece": LLaMA-like tokenizer}``."""
     return {"bpe": tiny_gpt2[1], "sentencepiece": tiny_llama[1]}
-
-
-@pytest.fixture
-def one_thread():
-    """Tiny models gain nothing from threads; on a busy 2-core machine threads only fight."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

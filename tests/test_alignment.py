@@ -497,15 +497,6 @@ def _minilm_or_skip() -> None:
     )
 
 
-@pytest.fixture
-def one_thread():
-    """The tiny ST encoder's steps are far slower with two threads on busy shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _compare(
     data: STData, seeds: tuple[int, ...], config: AlignmentConfig, steps: int = 150, **kw
 ) -> dict[str, list]:
@@ -521,7 +512,7 @@ def _compare(
     return reports
 
 
-def test_minilm_space_aligns_better_than_the_untrained_control(one_thread):
+def test_minilm_space_aligns_better_than_the_untrained_control():
     """Fast variant: 4 sensors, descriptions without the weekday, 150 steps.
 
     Measured for seeds 0-4: ST->text top-5 MiniLM 0.35-0.40 vs untrained 0.11-0.28
@@ -547,7 +538,7 @@ def test_minilm_space_aligns_better_than_the_untrained_control(one_thread):
 
 
 @pytest.mark.slow
-def test_minilm_space_aligns_better_than_the_untrained_control_full(one_thread):
+def test_minilm_space_aligns_better_than_the_untrained_control_full():
     """The full setting: 16 sensors, all description slots, 64 held-out windows, seeds 0-2.
 
     Measured: ST->text top-5 MiniLM 0.122 / 0.150 / 0.113 vs untrained 0.062 / 0.045 /

@@ -29,7 +29,6 @@ from llm_st.zeroshot.forecaster import CPU_BATCH_SIZE
 
 pytest_plugins = ["conftest_prompt"]  # tiny-model fixtures
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 HISTORIES = np.array(
     [

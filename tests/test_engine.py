@@ -31,15 +31,6 @@ from llm_st.models.registry import build_model
 from llm_st.objectives import Objective, build_objective
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads; on a shared 2-core machine they only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def wave_data(num_steps: int = 480, num_nodes: int = 3, seed: int = 0) -> STData:
     """Daily sinusoids with a phase per node plus small noise: linear in their history."""
     rng = np.random.default_rng(seed)

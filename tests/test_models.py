@@ -13,16 +13,6 @@ from llm_st.models.gwnet import transition_matrices
 from llm_st.models.registry import build_model
 from llm_st.models.stgcn import chebyshev_polynomials, scaled_laplacian
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny tensors: threads only add contention on the shared 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # tiny versions of every model, so the shape/gradient sweep stays fast
 TINY = {
     "dlinear": {},

@@ -22,16 +22,6 @@ from llm_st.objectives.contrastive import (
 from llm_st.objectives.diffusion import beta_schedule, q_sample
 from llm_st.objectives.masked import masked_patch_loss, num_masked, random_patch_mask
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny tensors: threads only add contention on the shared 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 INFO = DataInfo(3, 2, 16, 4, steps_per_day=24)
 PATCH_MODELS = {
     "patchtst": dict(patch_len=4, stride=4, d_model=16, n_heads=4, n_layers=2, d_ff=32),

@@ -20,14 +20,6 @@ SMALL = {"history": 12, "horizon": 6, "batch": 8, "blocks": 2, "steps": 4, "devi
 PATCHES = {"patch_len": 4, "stride": 2}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_rows_compare_each_loop_with_the_plain_loop_of_its_precision():
     rows = engine_vs_plain(backbone="tiny-gpt2", data=DATA, params=PATCHES, **SMALL)
     assert [(r["loop"], r["precision"]) for r in rows] == [

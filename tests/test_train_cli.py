@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from llm_st.cli import main
@@ -40,14 +39,6 @@ METRIC_KEYS = {
     "run_dir",
     "total_time_s",
 }
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def recipe_file(tmp_path: Path, model: str, params: dict, training: dict | None = None) -> Path:

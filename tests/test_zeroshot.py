@@ -29,8 +29,6 @@ from llm_st.zeroshot import NumberConstraint, NumberGrammar, ZeroShotForecaster,
 
 pytest_plugins = ["conftest_prompt"]  # tiny-model fixtures
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def sensors(T: int = 400, N: int = 3) -> STData:
     """Daily-ish periodic speeds on 3 sensors in a line, zeros = missing."""
