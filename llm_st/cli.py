@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from llm_st.errors import LLMSTError
+from llm_st.errors import ConfigError, LLMSTError
 
 EXIT_USAGE = 2
 
@@ -151,8 +151,14 @@ def _add_demo_command(sub: argparse._SubParsersAction) -> None:
 def _cmd_train(args: argparse.Namespace) -> None:
     from llm_st.config import load_recipe
     from llm_st.engine import train
+    from llm_st.pipeline.finetune import is_lm_recipe
 
     recipe = load_recipe(args.recipe, args.set)
+    if is_lm_recipe(recipe):
+        raise ConfigError(
+            f"model {recipe.model.name!r} answers in text and is fine-tuned, not trained",
+            f"run llm-st finetune --recipe {args.recipe} --out {args.out}",
+        )
     metrics = train(recipe, args.out, resume=args.resume, overwrite=args.overwrite)
     avg = metrics["test"]["avg"]
     print(
@@ -169,16 +175,23 @@ def _add_train_command(sub: argparse._SubParsersAction) -> None:
         "recipe.yaml, scaler.json, model.safetensors, metrics.json, log.jsonl, checkpoints/. "
         "For several processes use scripts/train.py with torchrun or accelerate launch.",
     )
-    train.add_argument("--recipe", required=True, help="YAML recipe file")
-    train.add_argument(
+    add_run_arguments(train, "training.lr=3e-4")
+    train.set_defaults(func=_cmd_train)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, example: str) -> None:
+    """``--recipe``, ``--set`` (``example``: an override), ``--out``, ``--resume`` |
+    ``--overwrite``: the arguments of every command that runs a recipe into a directory."""
+    parser.add_argument("--recipe", required=True, help="YAML recipe file")
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a recipe value, e.g. training.lr=3e-4 (repeatable)",
+        help=f"override a recipe value, e.g. {example} (repeatable)",
     )
-    train.add_argument("--out", required=True, help="run directory")
-    how = train.add_mutually_exclusive_group()
+    parser.add_argument("--out", required=True, help="run directory")
+    how = parser.add_mutually_exclusive_group()
     how.add_argument(
         "--resume",
         action="store_true",
@@ -187,7 +200,43 @@ def _add_train_command(sub: argparse._SubParsersAction) -> None:
     how.add_argument(
         "--overwrite", action="store_true", help="replace the results already in --out"
     )
-    train.set_defaults(func=_cmd_train)
+
+
+def _cmd_finetune(args: argparse.Namespace) -> None:
+    from llm_st.config import load_recipe
+    from llm_st.pipeline.finetune import finetune
+
+    recipe = load_recipe(args.recipe, args.set)
+    metrics = finetune(
+        recipe, args.out, resume=args.resume, overwrite=args.overwrite, merge=args.merge
+    )
+    avg = metrics["test"]["avg"]
+    print(
+        f"{metrics['model']} ({recipe.model.backbone or {}}): test MAE {avg['mae']:.4f}  "
+        f"RMSE {avg['rmse']:.4f}  valid answers {metrics.get('valid_fraction', 1.0):.1%}  "
+        f"({metrics['num_test_windows']} windows, {metrics['params']['trainable']:,} trained "
+        f"parameters, {metrics['run_bytes'] / 2**20:.2f} MiB on disk) -> {args.out}"
+    )
+    if "merged" in metrics:
+        print(f"merged model: {metrics['merged']} (llm-st zero-shot --model {metrics['merged']})")
+
+
+def _add_finetune_command(sub: argparse._SubParsersAction) -> None:
+    ft = sub.add_parser(
+        "finetune",
+        help="fine-tune a causal LM to answer forecasting prompts (full, LoRA, QLoRA)",
+        description="Run a fine-tuning recipe (model text_lm or st_token_lm, objective sft; "
+        "alignment/text_lm/...) into --out: adapter/ (LoRA, QLoRA) or model.safetensors "
+        "(full), recipe.yaml, metrics.json, log.jsonl, checkpoints/. Several processes: "
+        "torchrun / accelerate launch -m llm_st.cli finetune ...",
+    )
+    add_run_arguments(ft, "model.backbone.source=DIR")
+    ft.add_argument(
+        "--merge",
+        action="store_true",
+        help="also write --out/merged: the LM with the adapter folded in (a Hugging Face model)",
+    )
+    ft.set_defaults(func=_cmd_finetune)
 
 
 # ----------------------------------------------------------------- prompts and zero-shot
@@ -395,9 +444,7 @@ def _pipeline(args: argparse.Namespace) -> object:
             dtype=args.dtype,
             num_samples=args.samples or 10,
         )
-    return ForecastPipeline.from_method(
-        args.method, args.history, args.horizon, device=args.device
-    )
+    return ForecastPipeline.from_method(args.method, args.history, args.horizon, device=args.device)
 
 
 def _time_text(value: object) -> str:
@@ -596,6 +643,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_demo_command,
     _add_estimate_command,
     _add_export_command,
+    _add_finetune_command,
     _add_predict_commands,
     _add_prompt_commands,
     _add_train_command,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -34,6 +35,13 @@ METRIC_SCALES = ("original", "normalized")
 HARDWARE_SETTINGS = ("device", "compile", "micro_batch_size")
 """Training settings that say how a run computes, not what it computes: a resumed run may
 change them (results then differ by rounding only)."""
+
+
+def cache_root() -> Path:
+    """Where llm-st caches what it builds (tiny test models, instruction datasets, the LM
+    pre-trained here): ``$LLM_ST_CACHE`` if set, else ``~/.cache/llm_st``."""
+    root = os.environ.get("LLM_ST_CACHE")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "llm_st"
 
 
 def _help(text: str, choices: tuple[str, ...] = (), **kw: Any) -> Any:

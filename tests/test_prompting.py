@@ -213,7 +213,8 @@ def test_every_shipped_template_documents_its_variables():
 
 
 def test_template_lookup_user_files_and_sandbox(tmp_path):
-    with pytest.raises(ConfigError, match="instruct, next_place, plain, spatial, stats"):
+    names = "instruct, next_place, plain, spatial, st_instruct, stats"
+    with pytest.raises(ConfigError, match=names):
         load_template("no-such-template")
     mine = tmp_path / "mine.j2"
     mine.write_text("{# mine: history, horizon #}\nNext {{ horizon }}: {{ history }}")

@@ -19,6 +19,7 @@ block ``k`` followed by the final norm.
 Freezing policies (:data:`FREEZE_POLICIES`), applied by :meth:`FrozenBackbone.freeze`:
 
 - ``"frozen"``: nothing trains (Time-LLM).
+- ``"full"``: everything trains (full fine-tuning, e.g. of a causal LM on text answers).
 - ``"layernorm"``: every normalization layer (LayerNorm, LLaMA's RMSNorm) and the learned
   absolute position embeddings train (GPT4TS: One Fits All, Zhou et al., NeurIPS 2023,
   which trains ``ln_*`` and ``wpe`` of GPT-2).
@@ -96,7 +97,7 @@ from llm_st.errors import ConfigError, DataError, ModelLoadError
 
 logger = logging.getLogger("llm_st")
 
-FREEZE_POLICIES = ("frozen", "layernorm", "attention", "lora", "qlora", QFROZEN)
+FREEZE_POLICIES = ("frozen", "full", "layernorm", "attention", "lora", "qlora", QFROZEN)
 RANDOM_SEED_BASE = 104_729
 """Random weights (``pretrained=False``) are drawn after ``torch.manual_seed(RANDOM_SEED_BASE
 + seed)``: a stream apart from small plain seeds, so that a checkpoint written with
@@ -228,10 +229,122 @@ def load_backbone(
         outside ``1..num_layers``, bad LoRA settings, or LoRA settings for a policy
         without LoRA.
     """
-    from transformers import AutoModel
-
     _check_policy(freeze)
     settings = lora_settings(freeze, lora)
+    model, keep, total = load_hf_model(
+        name_or_path,
+        num_layers,
+        freeze,
+        settings,
+        pretrained=pretrained,
+        dtype=dtype,
+        device=device,
+        seed=seed,
+        trust_remote_code=trust_remote_code,
+        gradient_checkpointing=gradient_checkpointing,
+    )
+    backbone = FrozenBackbone(model, name=str(name_or_path), pretrained=pretrained)
+    backbone.freeze(freeze, trainable_attention_blocks)
+    logger.info(
+        "backbone %s: %d of %d blocks, %s weights, policy %r%s, %s parameters (%s trainable)",
+        name_or_path,
+        keep,
+        total,
+        "pretrained" if pretrained else "random",
+        freeze,
+        ", gradient checkpointing" if gradient_checkpointing else "",
+        f"{sum(p.numel() for p in backbone.parameters()):,}",
+        f"{sum(p.numel() for p in backbone.parameters() if p.requires_grad):,}",
+    )
+    return backbone
+
+
+CAUSAL_LM_POLICIES = ("frozen", "full", "lora", "qlora")
+"""Policies of a causal LM fine-tuned on text answers (:func:`load_trainable_causal_lm`)."""
+
+
+def load_trainable_causal_lm(
+    name_or_path: str | Path,
+    freeze: str = "lora",
+    lora: LoraSettings | Mapping[str, Any] | None = None,
+    *,
+    num_layers: int | None = None,
+    pretrained: bool = True,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    trust_remote_code: bool = False,
+    gradient_checkpointing: bool = False,
+) -> tuple[Any, Any]:
+    """``(model, tokenizer)``: a causal LM with its head, ready to be fine-tuned.
+
+    Loaded as :func:`load_backbone` loads a base model (the same resolution of tiny names,
+    directories and hub ids, truncation, precision, 4-bit loading and checkpointing), with
+    one of :data:`CAUSAL_LM_POLICIES`: ``"full"`` trains every weight, ``"lora"`` /
+    ``"qlora"`` only the LoRA weights in the blocks (a peft wrapper is returned), ``"frozen"``
+    nothing. The model is in training mode; the tokenizer has a pad token.
+    """
+    from llm_st.backbones.hub import load_tokenizer
+
+    if freeze not in CAUSAL_LM_POLICIES:
+        raise ConfigError(
+            f"freeze={freeze!r} is not a policy for fine-tuning a causal LM",
+            f"use one of {', '.join(CAUSAL_LM_POLICIES)}",
+        )
+    settings = lora_settings(freeze, lora)
+    model, keep, total = load_hf_model(
+        name_or_path,
+        num_layers,
+        freeze,
+        settings,
+        pretrained=pretrained,
+        dtype=dtype,
+        device=device,
+        seed=seed,
+        trust_remote_code=trust_remote_code,
+        gradient_checkpointing=gradient_checkpointing,
+        causal_lm=True,
+    )
+    if freeze in ("frozen", "full"):
+        model.requires_grad_(freeze == "full")
+    model.train()
+    tokenizer = load_tokenizer(name_or_path, trust_remote_code)
+    logger.info(
+        "causal LM %s: %d of %d blocks, policy %r, %s parameters (%s trainable)",
+        name_or_path,
+        keep,
+        total,
+        freeze,
+        f"{sum(p.numel() for p in model.parameters()):,}",
+        f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,}",
+    )
+    return model, tokenizer
+
+
+def load_hf_model(
+    name_or_path: str | Path,
+    num_layers: int | None,
+    freeze: str,
+    settings: LoraSettings | None,
+    *,
+    pretrained: bool = True,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    trust_remote_code: bool = False,
+    gradient_checkpointing: bool = False,
+    causal_lm: bool = False,
+) -> tuple[nn.Module, int, int]:
+    """``(model, kept blocks, blocks)``: the Hugging Face model as :func:`load_backbone` and
+    :func:`load_trainable_causal_lm` load it (truncated, in ``dtype``, quantized and with
+    LoRA as ``settings`` say, checkpointed), before any freezing policy is applied.
+
+    ``causal_lm``: load the model with its language-model head (``AutoModelForCausalLM``)
+    instead of the base model (``AutoModel``).
+    """
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    auto = AutoModelForCausalLM if causal_lm else AutoModel
     config = backbone_config(name_or_path, trust_remote_code)
     total = int(config.num_hidden_layers)
     keep = total if num_layers is None else int(num_layers)
@@ -254,17 +367,15 @@ def load_backbone(
         kwargs["device_map"] = quantized_device_map(device)
     if pretrained:
         source, local = resolve_source(name_or_path)
-        model = _from_pretrained(name_or_path, source, config, local or _offline(), kwargs)
+        model = _from_pretrained(name_or_path, source, config, local or _offline(), kwargs, auto)
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_SEED_BASE + seed)
-            model = AutoModel.from_config(
-                config, trust_remote_code=trust_remote_code, dtype=torch_dtype
-            )
+            model = auto.from_config(config, trust_remote_code=trust_remote_code, dtype=torch_dtype)
         if quantized:  # weights are quantized on loading only: load the random ones back
             with tempfile.TemporaryDirectory(prefix="llm-st-random-") as tmp:
                 model.save_pretrained(tmp)
-                model = _from_pretrained(name_or_path, tmp, config, True, kwargs)
+                model = _from_pretrained(name_or_path, tmp, config, True, kwargs, auto)
     if quantized:
         _copy_out_of_the_checkpoint(model)
     if device is not None and not quantized:
@@ -275,20 +386,7 @@ def load_backbone(
         _checkpoint_blocks(model)
     if freeze in LORA_POLICIES:
         model = apply_lora(model, settings)
-    backbone = FrozenBackbone(model, name=str(name_or_path), pretrained=pretrained)
-    backbone.freeze(freeze, trainable_attention_blocks)
-    logger.info(
-        "backbone %s: %d of %d blocks, %s weights, policy %r%s, %s parameters (%s trainable)",
-        name_or_path,
-        keep,
-        total,
-        "pretrained" if pretrained else "random",
-        freeze,
-        ", gradient checkpointing" if gradient_checkpointing else "",
-        f"{sum(p.numel() for p in backbone.parameters()):,}",
-        f"{sum(p.numel() for p in backbone.parameters() if p.requires_grad):,}",
-    )
-    return backbone
+    return model, keep, total
 
 
 def _copy_out_of_the_checkpoint(model: nn.Module) -> None:
@@ -319,15 +417,22 @@ def _checkpoint_blocks(model: nn.Module) -> None:
 
 
 def _from_pretrained(
-    name_or_path: str | Path, source: str, config: Any, local: bool, kwargs: dict[str, Any]
+    name_or_path: str | Path,
+    source: str,
+    config: Any,
+    local: bool,
+    kwargs: dict[str, Any],
+    auto: Any = None,
 ) -> nn.Module:
-    """``AutoModel.from_pretrained(source, config=config, **kwargs)`` with llm-st's errors;
-    raises :class:`ModelLoadError` if the checkpoint does not cover the kept blocks."""
-    from transformers import AutoModel
+    """``auto.from_pretrained(source, config=config, **kwargs)`` (default ``AutoModel``) with
+    llm-st's errors; raises :class:`ModelLoadError` if the checkpoint does not cover the kept
+    blocks."""
+    if auto is None:
+        from transformers import AutoModel as auto
 
     try:
         with _quiet_transformers():
-            model, info = AutoModel.from_pretrained(
+            model, info = auto.from_pretrained(
                 source, config=config, local_files_only=local, output_loading_info=True, **kwargs
             )
     except (OSError, ValueError) as exc:
@@ -473,6 +578,8 @@ class FrozenBackbone(nn.Module):
             )
         if policy in ("frozen", QFROZEN):
             return set()
+        if policy == "full":
+            return {name for name, _ in self.named_parameters()}
         if policy in LORA_POLICIES:
             if not self.has_lora:
                 raise ConfigError(

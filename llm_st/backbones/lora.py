@@ -277,7 +277,8 @@ def lora_targets(model: nn.Module, settings: LoraSettings) -> dict[str, nn.Modul
     """The layers LoRA adapts: ``{dotted path in model: layer}``.
 
     Only linear layers (``nn.Linear`` and its quantized subclasses, GPT-2's ``Conv1D``)
-    inside the family's Transformer blocks are candidates.
+    inside the family's Transformer blocks are candidates (of the body of a model with a
+    head, e.g. a causal LM: never the head).
 
     Raises
     ------
@@ -289,9 +290,13 @@ def lora_targets(model: nn.Module, settings: LoraSettings) -> dict[str, nn.Modul
     model_type = model.config.model_type
     layout = family(model_type, type(model).__name__)
     names = layout.lora_targets if settings.target_modules == "auto" else settings.target_modules
+    # a model with a head (GPT2LMHeadModel) keeps the blocks in its body (``transformer.h``)
+    body = getattr(model, "base_model", model)
+    prefix = next(name for name, m in model.named_modules() if m is body)
+    root = f"{prefix}.{layout.blocks}" if prefix else layout.blocks
     linear = {
-        f"{layout.blocks}.{name}": module
-        for name, module in model.get_submodule(layout.blocks).named_modules()
+        f"{root}.{name}": module
+        for name, module in model.get_submodule(root).named_modules()
         if isinstance(module, (nn.Linear, Conv1D))
     }
     if names == "all-linear":

@@ -43,12 +43,14 @@ from llm_st.backbones.frozen import (
     FrozenBackbone,
     backbone_config,
     load_backbone,
+    load_trainable_causal_lm,
 )
 from llm_st.backbones.hub import _DTYPES
 from llm_st.backbones.lora import (
     LORA_POLICIES,
     QFROZEN,
     QUANTIZATION_FIELDS,
+    SETTINGS_POLICIES,
     LoraSettings,
     lora_settings,
 )
@@ -246,6 +248,10 @@ class BackboneSpec:
                     f"unknown key {key!r} in the backbone", f"{hint}valid keys: {', '.join(known)}"
                 )
         if default is not None:
+            if value.get("freeze", default.freeze) not in SETTINGS_POLICIES and "lora" not in value:
+                # a policy without LoRA or quantization (full, frozen, ...) instead of the
+                # default's LoRA one: the default's settings have nothing left to configure
+                value = {**value, "lora": None}
             return dataclasses.replace(default, **value)
         if "source" not in value:
             raise ConfigError(
@@ -301,3 +307,26 @@ class BackboneSpec:
             return AttentionBody(
                 int(config.hidden_size), int(config.num_attention_heads), self.attention_dropout
             )
+
+
+def build_causal_lm(spec: BackboneSpec, device: str | torch.device | None = None) -> tuple:
+    """``(model, tokenizer)`` of a causal LM described by ``spec``, for fine-tuning on text
+    answers (:func:`~llm_st.backbones.frozen.load_trainable_causal_lm`): ``freeze`` one of
+    ``frozen``, ``full``, ``lora``, ``qlora``; ``mode`` ``pretrained`` or ``random_init``."""
+    if spec.mode not in ("pretrained", "random_init"):
+        raise ConfigError(
+            f"backbone mode {spec.mode!r} has no language-model head to answer with",
+            "use mode pretrained or random_init",
+        )
+    return load_trainable_causal_lm(
+        spec.source,
+        spec.freeze,
+        spec.lora,
+        num_layers=spec.num_layers,
+        pretrained=spec.mode == "pretrained",
+        dtype=spec.dtype,
+        device=device,
+        seed=spec.seed,
+        trust_remote_code=spec.trust_remote_code,
+        gradient_checkpointing=spec.gradient_checkpointing,
+    )

@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from llm_st.config import cache_root
 from llm_st.errors import ConfigError
 
 logger = logging.getLogger("llm_st")
@@ -320,8 +321,7 @@ def _build_tiny_vit_mae(out: Path) -> None:
 
 def tiny_cache_dir() -> Path:
     """``$LLM_ST_CACHE/tiny`` if ``LLM_ST_CACHE`` is set, else ``~/.cache/llm_st/tiny``."""
-    root = os.environ.get("LLM_ST_CACHE")
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "llm_st") / "tiny"
+    return cache_root() / "tiny"
 
 
 def is_tiny(name: str) -> bool:

@@ -129,6 +129,8 @@ def fit_and_evaluate(
         "learned": model.learned,
         "test": test["metrics"],
         "num_test_windows": test["num_windows"],
+        # a model that answers in text: answers that parsed, nodes forecast
+        **{k: test[k] for k in ("valid_fraction", "num_nodes") if k in test},
         "metric_scale": test["metric_scale"],
         **fit,
         "params": {

@@ -11,7 +11,10 @@ optimizer, one DDP wrapper and one checkpoint.
 Speed: AdamW is fused on CUDA (``foreach`` elsewhere), ``training.compile`` compiles
 model and objective with ``torch.compile``, batches are copied from pinned memory
 asynchronously, and nothing in a step waits for the GPU (logged losses and the clipped
-gradient norm stay tensors until an evaluation). ``training.micro_batch_size`` splits
+gradient norm stay tensors until an evaluation). The batches of an optimizer step
+(accumulated, on every process) are weighted by their share of the step's loss terms
+(:meth:`Trainer._step_shares`), so a step's gradient is that of the mean over all its terms.
+``training.micro_batch_size`` splits
 batches into micro-batches whose gradients, weighted by
 :meth:`~llm_st.objectives.Objective.loss_weight`, add up to the whole batch's
 (``"auto"``: :func:`halve_on_oom` picks the size on a CUDA GPU). ``samples_per_s``
@@ -133,10 +136,15 @@ def timed_warmup_steps(total: int) -> int:
     return 0 if total <= 1 else min(10, max(1, total // 10))
 
 
+def batch_length(batch: Batch) -> int:
+    """Windows (or examples) in ``batch``, whose tensors all have them on their first axis."""
+    return len(next(iter(batch.values())))
+
+
 def split_batch(batch: Batch, size: int) -> list[Batch]:
     """Consecutive micro-batches of ``size`` windows (the last may be smaller) of ``batch``,
     whose tensors all have the windows on their first axis."""
-    n = len(next(iter(batch.values())))
+    n = batch_length(batch)
     return [{k: v[lo : lo + size] for k, v in batch.items()} for lo in range(0, n, size)]
 
 
@@ -264,7 +272,7 @@ class Trainer:
                 f"{type(self.model).__name__} has no trainable parameters",
                 "unfreeze some parameters or use a model with learned = False",
             )
-        train_set = self.task.dataset("train")
+        train_set = self.objective.dataset(self.task, "train")
         batches = len(
             process_batches(
                 np.arange(len(train_set)), cfg.batch_size, acc.process_index, acc.num_processes
@@ -440,11 +448,11 @@ class Trainer:
         """One optimizer step on the batches of an accumulation ``group`` (indices of
         ``train_set``); returns the logs (``loss`` and the objective's) of each batch."""
         cfg = self.config
+        batches = [train_set[idx] for idx in group]
+        shares = self._step_shares(batches)
         records = [
-            self._forward_backward(
-                self._to_device(train_set[idx]), 1 / len(group), sync=k == len(group) - 1
-            )
-            for k, idx in enumerate(group)
+            self._forward_backward(self._to_device(batch), share, sync=k == len(batches) - 1)
+            for k, (batch, share) in enumerate(zip(batches, shares, strict=True))
         ]
         if cfg.grad_clip is not None:
             self.accelerator.clip_grad_norm_(self._trainable, cfg.grad_clip)
@@ -452,6 +460,28 @@ class Trainer:
         self._scheduler.step()
         self._stepper.zero_grad(set_to_none=True)
         return records
+
+    def _step_shares(self, batches: list[Batch]) -> list[torch.Tensor]:
+        """The weight of each batch's loss in an optimizer step: ``world * w_b / W``.
+
+        ``w_b`` is the objective's :meth:`~llm_st.objectives.Objective.loss_weight` of batch
+        ``b`` (the number of terms its loss averages: windows, observed entries, answer
+        tokens) and ``W`` the sum over the step's batches of every process. Data-parallel
+        training averages the processes' gradients (a division by ``world``), so the
+        gradient of a step is that of the mean over all its terms, as if one process had
+        taken the whole step in one batch, whatever the batches' sizes (a short last batch,
+        answers of different lengths on different processes). Computed on the host from the
+        batches before they move to the device (one all-reduce of a number with several
+        processes, none with one).
+        """
+        acc = self.accelerator
+        # 0-d tensors, never read as numbers: nothing waits for the device
+        weights = torch.stack([self.objective.loss_weight(b).float().cpu() for b in batches])
+        total, world = weights.sum(), acc.num_processes
+        if world > 1:
+            total = acc.reduce(total.to(acc.device), reduction="sum").cpu()
+        # no term anywhere: every loss is 0 and so is every share
+        return list(world * weights / total.clamp(min=torch.finfo(torch.float32).tiny))
 
     def _probe_step(self, train_set: Any, group: list[np.ndarray]) -> list[dict[str, Any]]:
         """The first step under ``micro_batch_size: auto`` (CUDA): the largest micro-batch
@@ -479,8 +509,9 @@ class Trainer:
         )
         return records
 
-    def _forward_backward(self, batch: Batch, scale: float, sync: bool) -> dict[str, Any]:
-        """Add the gradient of ``scale * loss(batch)``; return the batch's logs (not synced).
+    def _forward_backward(self, batch: Batch, scale: torch.Tensor, sync: bool) -> dict[str, Any]:
+        """Add the gradient of ``scale * loss(batch)`` (``scale``: :meth:`_step_shares`);
+        return the batch's logs (not synced).
 
         With micro-batches, micro-batch ``j``'s loss is weighted by its share
         ``w_j / sum(w)`` of the objective's :meth:`~llm_st.objectives.Objective.loss_weight`:
@@ -489,7 +520,7 @@ class Trainer:
         ``sync``: the last backward of an optimizer step, where DDP averages gradients.
         """
         acc = self.accelerator
-        n = len(batch["x"])
+        n = batch_length(batch)
         if not isinstance(self._micro, int) or self._micro >= n:
             parts, shares = [batch], [None]
         else:
@@ -502,10 +533,7 @@ class Trainer:
             last = j == len(parts) - 1
             with nullcontext() if sync and last else acc.no_sync(self._wrapped):
                 loss, part_logs = self._wrapped(part)
-                if share is None:
-                    acc.backward(loss if scale == 1 else loss * scale)
-                else:
-                    acc.backward(loss * (share * scale))
+                acc.backward(loss * (scale if share is None else share * scale))
             for key, value in {"loss": loss, **part_logs}.items():
                 value = value.detach().float() if torch.is_tensor(value) else float(value)
                 logs[key] = value if share is None else logs.get(key, 0.0) + value * share
@@ -570,9 +598,10 @@ class Trainer:
             else:
                 loss = mean_loss(
                     lambda b: self.objective.loss(model, b)[0],
-                    self.task.dataset("val"),
+                    self.objective.dataset(self.task, "val"),
                     cfg.eval_batch_size,
                     acc.device,
+                    weight_fn=self.objective.loss_weight,
                 )
                 metrics = (
                     evaluate(model, *args)["metrics"] if cfg.select_metric == "val_mae" else None

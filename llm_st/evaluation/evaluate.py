@@ -231,7 +231,9 @@ def evaluate(
     Parameters
     ----------
     model
-        ``model(batch) -> [B, H, N, C]`` forecast on the scaled scale.
+        ``model(batch) -> [B, H, N, C]`` forecast on the scaled scale, or a model that
+        forecasts windows of data itself (``window_forecaster``, a fine-tuned LM that
+        answers in text: :func:`evaluate_window_forecaster`).
     history
         A longer context for the model with the same targets.
     loss_fn
@@ -249,6 +251,13 @@ def evaluate(
         has ``mae, mse, rmse, mape``. ``num_windows`` counts the windows actually
         scored, summed over processes.
     """
+    if getattr(model, "window_forecaster", False):
+        if loss_fn is not None:
+            raise ConfigError(
+                f"{type(model).__name__} forecasts by decoding text; it has no forecast loss",
+                "score its loss on its own data (the objective's validation loss)",
+            )
+        return evaluate_window_forecaster(model, task, part, horizons, history, distributed)
     device = _model_device(model, device)
     model.eval()
     rank, world = process_group(distributed)
@@ -301,13 +310,28 @@ def score_forecast(
             f"forecast nodes {missing[:3]} or channels {forecast.channels} are not in the data",
             "score a forecast against the data it was made for",
         )
+    scorer = Scorer(task, horizons)
+    _add_forecast(scorer, forecast)
+    out = scorer.result()
+    out.setdefault("crps", out["metrics"]["avg"]["mae"])
+    out["valid_fraction"] = float(forecast.meta.get("valid_fraction", forecast.valid.mean()))
+    out["num_series"] = W * N * C
+    return out
+
+
+def _add_forecast(scorer: Scorer, forecast: Forecast) -> None:
+    """Score ``forecast`` (original scale) against the rows of ``scorer.task.data`` it
+    forecasts (see :func:`score_forecast`)."""
+    data = scorer.task.data
+    W, H, N, C = forecast.shape
+    rows = forecast.target_start[:, None] + np.arange(H)
+    position = {n: i for i, n in enumerate(data.node_ids)}
     nodes = np.asarray([position[n] for n in forecast.node_ids])
     channels = np.asarray([data.channels.index(c) for c in forecast.channels])
     index = (rows[:, :, None, None], nodes[None, None, :, None], channels[None, None, None, :])
     target = data.values[index].astype(np.float64)
     point = forecast.point.astype(np.float64)
     samples = point[None] if forecast.samples is None else forecast.samples.astype(np.float64)
-    scorer = Scorer(task, horizons)
     subset = (
         (None, None)
         if len(nodes) == data.num_nodes and len(channels) == data.num_channels
@@ -317,27 +341,80 @@ def score_forecast(
     )  # fmt: skip
     scorer.update(point, target, data.mask[index], samples=samples, nodes=subset[0],
                   channels=subset[1])  # fmt: skip
+
+
+def evaluate_window_forecaster(
+    model: Any,
+    task: ForecastTask,
+    part: str = "test",
+    horizons: Sequence[int] = (3, 6, 12),
+    history: int | None = None,
+    distributed: bool | None = None,
+    max_windows: int | None = None,
+    max_nodes: int | None = None,
+) -> dict[str, Any]:
+    """Masked metrics of a model that forecasts windows of data itself (a fine-tuned LM).
+
+    ``model.forecast_windows(data, starts, history, horizon, nodes)`` forecasts the windows
+    of ``part``; without ``max_windows`` / ``max_nodes``, the subset ``model.subsets[part]``
+    names (evenly spread windows and nodes; all when None) is forecast, so validation
+    decodes the same fixed windows at every evaluation. Under a process group each process
+    forecasts a contiguous share of the windows and the scorer's sums are added.
+
+    Returns
+    -------
+    dict
+        As :func:`evaluate`, plus ``valid_fraction`` (answers that parsed into
+        ``horizon`` numbers) and ``num_nodes`` (nodes forecast).
+    """
+    windows_limit, nodes_limit = getattr(model, "subsets", {}).get(part, (None, None))
+    windows_limit = max_windows if max_windows is not None else windows_limit
+    nodes_limit = max_nodes if max_nodes is not None else nodes_limit
+    rank, world = process_group(distributed)
+    dataset = task.dataset(part, history)
+    chosen = _spread(len(dataset), windows_limit)
+    nodes = _spread(task.data.num_nodes, nodes_limit)
+    share = chosen[process_share(len(chosen), rank, world)]
+    scorer = Scorer(task, horizons)
+    valid = np.zeros(2)
+    if len(share):
+        forecast = model.forecast_windows(
+            task.data, dataset.index.starts[share], dataset.index.history, task.horizon, nodes
+        )
+        _add_forecast(scorer, forecast)
+        valid += (float(forecast.meta.get("valid_fraction", 1.0)) * forecast.valid.size,
+                  forecast.valid.size)  # fmt: skip
+    scorer.merge_processes(world)
+    valid = all_reduce_sum(valid, world)
     out = scorer.result()
-    out.setdefault("crps", out["metrics"]["avg"]["mae"])
-    out["valid_fraction"] = float(forecast.meta.get("valid_fraction", forecast.valid.mean()))
-    out["num_series"] = W * N * C
+    out["valid_fraction"] = float(valid[0] / max(valid[1], 1))
+    out["num_nodes"] = len(nodes)
     return out
+
+
+def _spread(count: int, limit: int | None) -> np.ndarray:
+    """At most ``limit`` of ``range(count)``, evenly spread (all when None or not smaller)."""
+    if limit is None or limit >= count:
+        return np.arange(count)
+    return np.unique(np.linspace(0, count - 1, limit).round().astype(np.int64))
 
 
 @torch.no_grad()
 def mean_loss(
     loss_fn: Callable[[Batch], torch.Tensor],
-    dataset: WindowDataset,
+    dataset: Any,
     batch_size: int,
     device: str | torch.device,
     distributed: bool | None = None,
+    weight_fn: Callable[[Batch], torch.Tensor] | None = None,
 ) -> float:
-    """Window-weighted mean of ``loss_fn(batch)`` over ``dataset``, split over processes."""
+    """Mean of ``loss_fn(batch)`` over ``dataset``, split over processes, each batch weighted
+    by ``weight_fn(batch)`` (default: its number of windows)."""
     rank, world = process_group(distributed)
     total = np.zeros(2)
     for batch in iterate_batches(dataset, batch_size, process_share(len(dataset), rank, world)):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        n = len(batch["x"])
+        n = float(weight_fn(batch)) if weight_fn is not None else len(next(iter(batch.values())))
         total += (float(loss_fn(batch)) * n, n)
     total = all_reduce_sum(total, world)
     return float(total[0] / max(total[1], 1))

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from llm_st.data.task import ForecastTask
 from llm_st.models.base import DataInfo
 
 
@@ -53,6 +54,12 @@ class Objective(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         """``(loss, logs)`` of ``model`` on ``batch``; ``loss`` is a differentiable 0-d tensor."""
         raise NotImplementedError
+
+    def dataset(self, task: ForecastTask, part: str) -> Any:
+        """What the engine trains on (``part="train"``) and takes the validation loss on
+        (``"val"``): indexable by an array of indices, giving a batch dict whose tensors all
+        have the batch on their first axis. Default: the task's windows."""
+        return task.dataset(part)
 
     def loss_weight(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The number of terms (0-d tensor) that :meth:`loss` averages over ``batch``.

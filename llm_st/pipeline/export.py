@@ -12,6 +12,10 @@ merge), loads the trained tensors and the adapter, folds the update into the wei
 ``recipe.yaml``, ``model.safetensors``, ``manifest.json``, ``scaler.json``, ``data_info.*``
     a run directory whose backbone is ``backbone/`` (``freeze: frozen``), so
     :meth:`~llm_st.pipeline.ForecastPipeline.from_run` forecasts with it like any run.
+
+A fine-tuned LM (``llm-st finetune``) is exported as the merged LM alone
+(:func:`~llm_st.pipeline.finetune.merge_lm_run`): a Hugging Face causal LM directory that
+``llm-st zero-shot --model`` forecasts with.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from llm_st.engine.artifacts import (
 )
 from llm_st.errors import ConfigError, ModelLoadError
 from llm_st.models.registry import build_model
+from llm_st.pipeline.finetune import is_lm_recipe, merge_lm_run
 
 BACKBONE_DIR = "backbone"
 COPIED = ("scaler.json", DATA_INFO, DATA_ARRAYS, "metrics.json")
@@ -56,6 +61,8 @@ def export_merged(run_dir: str | Path, out: str | Path) -> Path:
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{str(out)!r} is not empty", "choose a new --out for the export")
     recipe = load_recipe(run / "recipe.yaml")
+    if is_lm_recipe(recipe):  # a fine-tuned LM: the merged LM itself is what is served
+        return merge_lm_run(run, out)
     spec = dict(recipe.model.backbone or {})
     if spec.get("freeze") not in ("lora", "qlora"):
         raise ConfigError(

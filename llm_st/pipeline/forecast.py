@@ -283,6 +283,8 @@ class ForecastPipeline:
         )
         pipeline.recipe, pipeline.run_dir, pipeline.backbone = recipe, run, backbone
         pipeline.sampler = sampler
+        if getattr(model, "window_forecaster", False):  # a fine-tuned LM: prompts, decoding
+            pipeline.forecaster = model
         if sampler is not None:
             sampler.to(pipeline.device).eval()
         return pipeline

@@ -8,7 +8,9 @@ with its own scale), adds the variables the template reads and renders it. Varia
 - always: ``history``, ``history_len``, ``horizon``, ``description``, ``node_id``,
   ``node_meta`` (dict of the node's metadata row), ``channel``, ``start_time``,
   ``end_time`` (first/last history step), ``next_time`` (first forecast step),
-  ``day_of_week`` (of ``next_time``), ``freq``, ``time_sep``;
+  ``day_of_week`` (of ``next_time``), ``freq``, ``time_sep``; ``st_tokens`` (``""``
+  unless :meth:`PromptBuilder.build` gets it in ``variables``: the spatio-temporal
+  placeholder of :mod:`llm_st.prompting.dataset`);
 - statistics (computed only if the template reads them; see
   :func:`llm_st.prompting.stats.series_statistics`): ``min``, ``max``, ``median``,
   ``trend`` (word), ``lags``;
@@ -208,11 +210,20 @@ class PromptBuilder:
         horizon: int,
         nodes: np.ndarray | None = None,
         channels: np.ndarray | None = None,
+        variables: dict[str, Any] | None = None,
     ) -> PromptBatch:
         """Prompts for the windows whose history starts at rows ``starts`` ``[W]``.
 
-        ``nodes`` / ``channels`` are index arrays (default: all).
+        ``nodes`` / ``channels`` are index arrays (default: all). ``variables`` are merged
+        into every prompt's variables and override the computed ones (``history`` and
+        ``history_len`` cannot be set); a template that reads ``st_tokens`` gets ``""``
+        unless ``variables`` sets it (see :mod:`llm_st.prompting.dataset`).
         """
+        if variables and {"history", "history_len"} & set(variables):
+            raise ConfigError(
+                "variables= cannot set history or history_len (the builder writes them)",
+                "pass only the extra variables the template reads",
+            )
         starts = np.atleast_1d(np.asarray(starts, np.int64))
         nodes = (
             np.arange(data.num_nodes)
@@ -266,7 +277,7 @@ class PromptBuilder:
             if data.node_meta is not None
             else [{}] * N
         )
-        variables = []
+        variables_out: list[dict[str, Any]] = []
         for m in range(W * N * C):
             w, rest = divmod(m, N * C)
             n, c = divmod(rest, C)
@@ -304,7 +315,11 @@ class PromptBuilder:
                     }
                     for j, wt, d, t in zip(idx.tolist(), weights, dist, texts, strict=True)
                 ]
-            variables.append(v)
+            if "st_tokens" in used:
+                v["st_tokens"] = ""
+            if variables:
+                v.update(variables)
+            variables_out.append(v)
         batch = PromptBatch(
             texts=[],
             histories=histories,
@@ -312,7 +327,7 @@ class PromptBuilder:
             shape=(W, N, C),
             kept=np.full(W * N * C, history, np.int64),
             add_special_tokens=not self.use_chat,
-            variables=variables,
+            variables=variables_out,
             values=values,
         )
         batch.texts = [self._render(batch, m, history) for m in range(W * N * C)]
@@ -382,28 +397,30 @@ class PromptBuilder:
         )
         return np.asarray([len(i) for i in ids["input_ids"]], np.int64)
 
-    def fit_to_budget(self, batch: PromptBatch, max_tokens: int) -> PromptBatch:
+    def fit_to_budget(self, batch: PromptBatch, max_tokens: int | np.ndarray) -> PromptBatch:
         """Cut the oldest history steps of every prompt longer than ``max_tokens`` tokens.
 
-        Only the history shrinks (instructions, statistics, neighbours and the newest
-        values stay); statistics keep describing the full history. Raises
+        ``max_tokens`` is one budget for all prompts or an ``[M]`` array of per-prompt
+        budgets. Only the history shrinks (instructions, statistics, neighbours and the
+        newest values stay); statistics keep describing the full history. Raises
         :class:`ConfigError` if a prompt does not fit even with one history step.
         """
         lengths = self.token_lengths(batch)
-        for m in np.flatnonzero(lengths > max_tokens).tolist():
-            keep, length = int(batch.kept[m]), int(lengths[m])
-            while length > max_tokens:
+        budgets = np.broadcast_to(np.asarray(max_tokens, dtype=np.int64), lengths.shape)
+        for m in np.flatnonzero(lengths > budgets).tolist():
+            keep, length, budget = int(batch.kept[m]), int(lengths[m]), int(budgets[m])
+            while length > budget:
                 if keep == 1:
                     raise ConfigError(
                         f"template {self.template.name!r} needs {length} tokens with a single "
-                        f"history step, more than the {max_tokens} available",
+                        f"history step, more than the {budget} available",
                         "raise max_context, use a shorter template or fewer neighbours",
                     )
                 shown = batch.serializer.join(batch.values[m][len(batch.values[m]) - keep :])
                 per_step = max(
                     1.0, len(self.tokenizer(shown, add_special_tokens=False)["input_ids"]) / keep
                 )
-                keep = max(1, keep - math.ceil((length - max_tokens) / per_step))
+                keep = max(1, keep - math.ceil((length - budget) / per_step))
                 text = self._render(batch, m, keep)
                 length = int(self.token_lengths(batch, [text])[0])
             batch.texts[m], batch.kept[m] = text, keep
