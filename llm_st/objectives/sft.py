@@ -93,6 +93,9 @@ class SupervisedFineTuning(Objective):
             for part in ("train", "val")
         }
         self._with_windows = bool(getattr(model, "needs_windows", False))
+        # a model may count its loss terms itself (a regression head: observed targets); a
+        # bound method, not the module, so the model is not registered a second time
+        self._model_weight = getattr(model, "loss_weight", None)
         self._data: dict[tuple[int, str], SFTBatches] = {}
         self._prebuilt: dict[str, SFTBatches] = {}
 
@@ -145,5 +148,8 @@ class SupervisedFineTuning(Objective):
         return model.lm_loss(batch)
 
     def loss_weight(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Answer tokens of the batch (the loss is their mean)."""
+        """Answer tokens of the batch (the loss is their mean), or the model's own count of
+        its loss terms where it has one (``model.loss_weight``)."""
+        if self._model_weight is not None:
+            return self._model_weight(batch)
         return batch["num_label_tokens"].sum().float()

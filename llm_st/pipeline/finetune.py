@@ -125,6 +125,12 @@ def merge_lm_run(run_dir: str | Path, out: str | Path) -> Path:
         raise ConfigError(f"{str(out)!r} is not empty", "choose a new directory for the merge")
     recipe = load_recipe(run / "recipe.yaml")
     check_finetune_recipe(recipe)
+    if getattr(get_model_class(recipe.model.name), "needs_windows", False):
+        raise ConfigError(
+            f"a {recipe.model.name} run reads ST tokens from its own encoder, which a plain "
+            "language model directory cannot hold",
+            f"serve the run directory itself (llm-st predict --run {run})",
+        )
     spec = dict(recipe.model.backbone or {})
     if spec.get("freeze") in ("lora", "qlora"):
         lora = {k: v for k, v in (spec.get("lora") or {}).items() if k != "compute_dtype"}

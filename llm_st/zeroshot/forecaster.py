@@ -314,7 +314,9 @@ class ZeroShotForecaster:
         """Forecast the windows whose history starts at rows ``starts`` ``[W]``."""
         began = time.perf_counter()
         node_idx = node_indices(data, nodes)
-        batch = self.builder.build(data, starts, history, horizon, node_idx)
+        batch = self.builder.build(
+            data, starts, history, horizon, node_idx, variables=self.prompt_variables
+        )
         max_digits = batch.serializer.digits_needed(batch.histories) + 1
         if max_digits not in self._grammars:
             self._grammars[max_digits] = NumberGrammar(self.tokenizer, self.serializer, max_digits)
@@ -327,8 +329,8 @@ class ZeroShotForecaster:
                     f"{max_new} answer tokens of horizon {horizon}",
                     "use a model with a longer context or a shorter horizon",
                 )
-            batch = self.builder.fit_to_budget(batch, self.max_context - max_new)
-        lengths = self.builder.token_lengths(batch)  # [M] prompt tokens
+            batch = self._fit_prompts(batch, self.max_context - max_new)
+        lengths = self._prompt_lengths(batch)  # [M] prompt tokens
         texts = self._generate(batch, lengths, grammar, horizon, max_new, progress)  # [S, M]
         parsed = batch.serializer.parse(texts, horizon)  # values [S, M, H]
         return self._assemble(
@@ -343,6 +345,33 @@ class ZeroShotForecaster:
             node_idx,
             began,
         )
+
+    # ------------------------------------------------------------------ prompt hooks
+    # Subclasses that put something other than plain token ids into the prompt (the ST-token
+    # LM, llm_st.crossmodal.st_tokens) override these; the defaults are the text path.
+    prompt_variables: dict[str, Any] | None = None
+    """Extra template variables of every prompt (:meth:`PromptBuilder.build`'s ``variables``)."""
+
+    def _fit_prompts(self, batch: PromptBatch, budget: int) -> PromptBatch:
+        """Cut the prompts of ``batch`` to at most ``budget`` tokens."""
+        return self.builder.fit_to_budget(batch, budget)
+
+    def _prompt_lengths(self, batch: PromptBatch) -> np.ndarray:
+        """``[M]`` tokens of each prompt as the model reads it."""
+        return self.builder.token_lengths(batch)
+
+    def _generate_inputs(
+        self, batch: PromptBatch, chunk: np.ndarray, device: torch.device
+    ) -> dict[str, torch.Tensor]:
+        """``generate``'s inputs for prompts ``chunk`` of ``batch``: left-padded ``input_ids``
+        and ``attention_mask`` (or ``inputs_embeds`` instead of ``input_ids``)."""
+        return self.tokenizer(
+            [batch.texts[i] for i in chunk],
+            return_tensors="pt",
+            padding=True,
+            padding_side="left",
+            add_special_tokens=batch.add_special_tokens,
+        ).to(device)
 
     def _resolve_batch_size(self, device: torch.device, prompt_tokens: int, new_tokens: int) -> int:
         """Series per ``generate`` call for prompts of at most ``prompt_tokens`` tokens."""
@@ -399,21 +428,17 @@ class ZeroShotForecaster:
             for chunk in tqdm(
                 chunks, desc="zero-shot", disable=not progress or len(chunks) < 4, leave=False
             ):
-                enc = tok(
-                    [batch.texts[i] for i in chunk],
-                    return_tensors="pt",
-                    padding=True,
-                    padding_side="left",
-                    add_special_tokens=batch.add_special_tokens,
-                ).to(device)
+                enc = self._generate_inputs(batch, chunk, device)
                 constraint = NumberConstraint(grammar, horizon, tok.eos_token_id)
                 ids = self.model.generate(
                     **enc,
                     generation_config=config,
                     logits_processor=LogitsProcessorList([constraint]),
                 )
+                # generate returns prompt + answer for token ids, the answer alone for embeddings
+                width = enc["input_ids"].shape[1] if "input_ids" in enc else 0
                 answers = tok.batch_decode(
-                    ids[:, enc["input_ids"].shape[1] :],
+                    ids[:, width:],
                     skip_special_tokens=True,
                     clean_up_tokenization_spaces=False,
                 )
