@@ -136,7 +136,8 @@ def _add_demo_command(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument(
         "--model",
-        help="local directory of a causal LM for the zero-shot row (default: a tiny random model)",
+        help="a causal LM (local directory, hub id) for the zero-shot row (default: st-lm, the "
+        "LM pre-trained here on synthetic series, built once and cached)",
     )
     demo.add_argument(
         "--out", help="folder for the trained runs, table and forecast (default: runs/demo-<time>)"
@@ -636,9 +637,49 @@ def _add_export_command(sub: argparse._SubParsersAction) -> None:
     export.set_defaults(func=_cmd_export)
 
 
+# ----------------------------------------------------------------- bench
+def _cmd_bench(args: argparse.Namespace) -> None:
+    from llm_st.bench.plan import Plan
+    from llm_st.bench.report import results_summary
+    from llm_st.bench.runner import run_plan
+
+    plan = Plan.load(args.plan, args.set)
+    table = run_plan(
+        plan, args.out, resume=args.resume, only=args.only or None, workers=args.workers
+    )
+    print(results_summary(table))
+    print(f"results: {args.out}/results.parquet and results.csv")
+
+
+def _add_bench_command(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser(
+        "bench",
+        help="run a benchmark plan (datasets x methods x protocols x seeds), resumably",
+        description="Every cell of the plan (alignment/benchmarks/*.yaml) is a run directory "
+        "under --out/cells/, scored by the one scorer; finished cells are never re-run, failed "
+        "ones are recorded and retried on --resume. Writes results.parquet and results.csv.",
+    )
+    bench.add_argument("plan", help="plan YAML file (alignment/benchmarks/smoke.yaml, ...)")
+    bench.add_argument("--out", required=True, help="benchmark folder")
+    bench.add_argument("--resume", action="store_true", help="continue the benchmark in --out")
+    bench.add_argument(
+        "--only", action="append", default=[], metavar="PATTERN",
+        help="run only the cells whose id matches (fnmatch, repeatable)",
+    )  # fmt: skip
+    bench.add_argument(
+        "--workers", type=int, default=1, help="cells run in this many processes at once"
+    )
+    bench.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override a plan value, e.g. seeds=[0] or budget.training.max_steps=50",
+    )  # fmt: skip
+    bench.set_defaults(func=_cmd_bench)
+
+
 # ----------------------------------------------------------------- entry point
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_align_command,
+    _add_bench_command,
     _add_data_commands,
     _add_demo_command,
     _add_estimate_command,

@@ -123,6 +123,12 @@ class DataConfig(_Section):
         default=None,
         choices=METRIC_SCALES,
     )
+    train_fraction: float | None = _help(
+        "few-shot: train on the first fraction of the training windows only (0.05, 0.1: "
+        "the Time-LLM / GPT4TS few-shot setting), the scaler fit on those rows; validation "
+        "and test unchanged (see llm_st.data.splits.train_fraction_split); null: all",
+        default=None,
+    )
     horizons: list[int] | None = _help(
         "1-based horizon steps reported besides the average; default: those of 3, 6, 12 "
         "within the horizon, and the horizon itself",
@@ -153,6 +159,11 @@ class DataConfig(_Section):
                 f"data.borders={self.borders} are not three row counts",
                 "use e.g. [8640, 2880, 2880]",
             )
+        _require(
+            self.train_fraction is None or 0 < self.train_fraction <= 1,
+            f"data.train_fraction={self.train_fraction} is not a fraction in (0, 1]",
+            "use e.g. 0.05 or 0.1 (few-shot), or null for the whole training split",
+        )
         if self.scaler is not None:
             unknown = sorted(set(self.scaler) - set(SCALER_KEYS))
             _require(

@@ -293,3 +293,39 @@ def transfer_report(name: str, result: TransferResult, budget: Budget, seeds: in
             + ", ".join(f"{m} {mse:.3f}/{mae:.3f}" for m, (mse, mae) in published.items())
         )
     return "\n".join(lines)
+
+
+def _blank(value: Any) -> str:
+    """A table cell for a possibly missing value (None, NaN, pandas' NA)."""
+    try:
+        missing = value is None or bool(value != value)
+    except TypeError:  # pandas.NA refuses to be a bool
+        missing = True
+    return "" if missing else str(value)
+
+
+def results_summary(table: Any, metric: str = "mae", step: str = "avg") -> str:
+    """Mean ± std over seeds of ``metric`` at ``step`` per protocol, dataset and method, from
+    a benchmark's results table (:func:`llm_st.bench.runner.collect_results`), the best per
+    protocol and dataset marked ``*``; then the cells that did not finish."""
+    done = table[
+        (table["status"] == "done") & (table["metric"] == metric) & (table["horizon_step"] == step)
+    ]
+    keys = ["protocol", "protocol_param", "dataset", "horizon", "method"]
+    stats = done.groupby(keys, dropna=False, sort=False)["value"].agg(["mean", "std", "count"])
+    stats = stats.reset_index()
+    best = stats.groupby(keys[:4], dropna=False, sort=False)["mean"].transform("min")
+    sizes = stats.groupby(keys[:4], dropna=False, sort=False)["mean"].transform("size")
+    rows = []
+    for r, lowest, size in zip(stats.itertuples(), best, sizes, strict=True):
+        spread = f" ± {r.std:.4g}" if r.count > 1 else ""
+        mark = "*" if r.mean == lowest and size > 1 else ""
+        rows.append(
+            [r.protocol, _blank(r.protocol_param), r.dataset, _blank(r.horizon), r.method,
+             f"{r.mean:.4g}{spread}{mark}", str(r.count)]
+        )  # fmt: skip
+    head = ["protocol", "param", "dataset", "horizon", "method", f"{step} {metric.upper()}"]
+    out = [text_table([*head, "seeds"], rows)] if rows else ["no finished cell"]
+    for r in table[table["status"] != "done"].drop_duplicates("cell_id").itertuples():
+        out.append(f"  {r.status}: {r.cell_id} {_blank(r.error)}".rstrip())
+    return "\n".join(out)

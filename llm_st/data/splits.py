@@ -98,3 +98,33 @@ def chronological_split(
     return Split(
         (0, n_train), (n_train, n_train + n_val), (n_train + n_val, n_train + n_val + n_test)
     )
+
+
+def train_fraction_split(split: Split, fraction: float, history: int = 0) -> Split:
+    """``split`` with its training part cut to its first ``fraction`` (the few-shot setting).
+
+    The few-shot tables of Time-LLM and GPT4TS train on the first 5 % or 10 % of the
+    training *windows*: their loaders keep training rows ``[0, (n - L) * p // 100 + L)`` of
+    the ``n`` training rows (``L`` the history, ``p`` the percent), i.e. the first ``p`` % of
+    the windows' start rows. This keeps ``history + floor((n - history) * fraction)`` rows
+    from the start of the training part (all of them where that is not fewer than ``n``),
+    so the training windows are exactly the papers'. The validation and test parts are
+    those of ``split`` unchanged (their windows' history may still reach back into the
+    dropped training rows, as in the full protocol).
+
+    Pass ``history=0`` to keep the first ``fraction`` of the rows instead.
+    """
+    if not 0 < fraction <= 1:
+        raise ConfigError(
+            f"train fraction {fraction} is not in (0, 1]", "use e.g. 0.05 or 0.1 (few-shot)"
+        )
+    start, stop = split.train
+    rows = stop - start
+    # rounded first, so 0.29 * 100 keeps 29 rows, not 28.999...
+    keep = min(rows, history + int(round(max(rows - history, 0) * fraction, 9)))
+    if keep <= 0:
+        raise ConfigError(
+            f"train fraction {fraction} of {rows} training rows leaves none",
+            "use a larger fraction or a longer training split",
+        )
+    return Split((start, start + keep), split.val, split.test)

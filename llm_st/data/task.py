@@ -13,7 +13,7 @@ from typing import Any
 
 from llm_st.data.container import STData
 from llm_st.data.scalers import Scaler, make_scaler
-from llm_st.data.splits import Split, chronological_split
+from llm_st.data.splits import Split, chronological_split, train_fraction_split
 from llm_st.data.windows import WindowDataset, WindowIndex
 from llm_st.errors import ConfigError
 
@@ -71,12 +71,23 @@ def prepare_task(
     scaler: dict[str, Any] | None = None,
     metric_scale: str | None = None,
     stride: int = 1,
+    train_fraction: float | None = None,
+    fitted_scaler: Scaler | None = None,
 ) -> ForecastTask:
     """Split ``data``, fit the scaler on the training rows (with the mask) and fix the windows.
 
     Split, scaler and metric scale default to the named dataset's standard protocol
     (``data.extras["protocol"]``, set by :func:`llm_st.data.load`), else 70/10/20, one
     global z-score and metrics on the original scale.
+
+    ``train_fraction`` (few-shot) keeps the first fraction of the training windows only
+    (:func:`~llm_st.data.splits.train_fraction_split`; validation and test unchanged), and
+    the scaler is fit on the rows kept, the rows trained on. The published Time-LLM and
+    GPT4TS loaders fit it on the whole training split instead, so their few-shot models see
+    the statistics of rows they do not train on; here nothing of the dropped rows is used.
+
+    ``fitted_scaler``: a scaler fit elsewhere (e.g. a trained run's, for zero-shot transfer
+    to these data), used as it is: nothing is fit on ``data`` (``scaler`` is ignored).
     """
     protocol = data.extras.get("protocol", {})
     if ratios is None and borders is None:
@@ -84,13 +95,18 @@ def prepare_task(
         if ratios is None and borders is None:
             ratios = (0.7, 0.1, 0.2)
     split = chronological_split(data.num_steps, ratios=ratios, borders=borders)
-    sc = dict(protocol.get("scaler", {"kind": "standard", "axis": "global", "use_mask": True}))
-    sc.update(scaler or {})
-    fitted = make_scaler(
-        sc.get("kind", "standard"), sc.get("axis", "global"), sc.get("use_mask", True)
-    )
-    train = data.time_slice(*split.train)
-    fitted.fit(train.values, train.mask)
+    if train_fraction is not None:
+        split = train_fraction_split(split, train_fraction, history)
+    if fitted_scaler is not None:
+        fitted = fitted_scaler
+    else:
+        sc = dict(protocol.get("scaler", {"kind": "standard", "axis": "global", "use_mask": True}))
+        sc.update(scaler or {})
+        fitted = make_scaler(
+            sc.get("kind", "standard"), sc.get("axis", "global"), sc.get("use_mask", True)
+        )
+        train = data.time_slice(*split.train)
+        fitted.fit(train.values, train.mask)
     return ForecastTask(
         data=data,
         split=split,

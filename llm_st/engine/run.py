@@ -42,6 +42,7 @@ def build_task(config: DataConfig, data: STData | None = None) -> ForecastTask:
         scaler=config.scaler,
         metric_scale=config.metric_scale,
         stride=config.stride,
+        train_fraction=config.train_fraction,
     )
 
 
