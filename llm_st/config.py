@@ -529,21 +529,29 @@ def recipe_from_dict(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]
     return _from_dict(Recipe, raw, "")
 
 
-def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Read a YAML recipe, apply ``section.key=value`` overrides and validate everything."""
+def read_yaml_file(path: str | Path, what: str, example: str) -> Any:
+    """The YAML content of ``path`` (safe loader), or a :class:`ConfigError` naming ``what``
+    the file should be (``"recipe"``, ``"plan"``) and an ``example`` path when it is missing
+    or not YAML."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(
-            f"recipe file {str(path)!r} does not exist",
-            "pass the path of a YAML recipe, e.g. alignment/var/synthetic-traffic/config.yaml",
+            f"{what} file {str(path)!r} does not exist",
+            f"pass the path of a YAML {what}, e.g. {example}",
         )
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(
-            f"recipe {str(path)!r} is not valid YAML: {' '.join(str(exc).split())}",
+            f"{what} {str(path)!r} is not valid YAML: {' '.join(str(exc).split())}",
             "fix the YAML syntax",
         ) from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read a YAML recipe, apply ``section.key=value`` overrides and validate everything."""
+    path = Path(path)
+    raw = read_yaml_file(path, "recipe", "alignment/var/synthetic-traffic/config.yaml")
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(
             f"recipe {str(path)!r} is not a mapping", "write sections data:, model:, ..."

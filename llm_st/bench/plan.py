@@ -92,7 +92,7 @@ import yaml
 
 from llm_st.backbones.ablations import BACKBONE_MODES
 from llm_st.bench.recipes import recipe_path, recipes_root
-from llm_st.config import Recipe, recipe_from_dict
+from llm_st.config import Recipe, read_yaml_file, recipe_from_dict
 from llm_st.data import load as load_data
 from llm_st.engine import train
 from llm_st.engine.checkpoint import CheckpointManager
@@ -669,18 +669,7 @@ class Plan:
         budget (``budget.training.max_steps=50``).
         """
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(
-                f"plan file {str(path)!r} does not exist",
-                "pass a plan such as alignment/benchmarks/smoke.yaml",
-            )
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(
-                f"plan {str(path)!r} is not valid YAML: {' '.join(str(exc).split())}",
-                "fix the YAML syntax",
-            ) from None
+        raw = read_yaml_file(path, "plan", "alignment/benchmarks/smoke.yaml")
         raw = apply_plan_overrides(raw if raw is not None else {}, overrides, str(path))
         return cls.from_dict(raw, base_dir=path.resolve().parent, where=f"plan {str(path)!r}")
 
