@@ -700,3 +700,16 @@ def test_qlora_recipe_trains_through_the_engine(tiny_cache, tmp_path, monkeypatc
     reference = load_backbone("tiny-llama", freeze="qlora")
     assert packed.dtype == torch.uint8 and packed.numel() == 64 * 64 // 2
     assert torch.equal(packed, reference.hf_model.layers[0].self_attn.q_proj.base_layer.weight)
+
+
+def test_qlora_under_fsdp_stores_4bit_weights_in_the_compute_dtype(monkeypatch):
+    # FSDP flattens a block's parameters into one tensor of one dtype: the packed 4-bit
+    # weights must be stored in the dtype of the LoRA and norm weights beside them
+    from llm_st.backbones.lora import LoraSettings, quantization_config
+
+    settings = LoraSettings(quantize="4bit", compute_dtype="bfloat16")
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    assert quantization_config(settings).bnb_4bit_quant_storage == torch.uint8
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    config = quantization_config(settings)
+    assert config.bnb_4bit_quant_storage == torch.bfloat16 == config.bnb_4bit_compute_dtype

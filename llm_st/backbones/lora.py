@@ -234,6 +234,11 @@ def quantization_config(settings: LoraSettings) -> Any:
     4-bit: NormalFloat (``nf4``) with double quantization and an explicit compute dtype
     (transformers' defaults are fp4 without double quantization). 8-bit: LLM.int8.
 
+    Under FSDP (:func:`under_fsdp`: ``accelerate launch`` with an FSDP config) the packed
+    4-bit weights are stored in the compute dtype (``bnb_4bit_quant_storage``) instead of
+    uint8: FSDP flattens each wrapped block's parameters into one tensor of one dtype, so
+    the quantized weights must share the dtype of the block's other (LoRA, norm) weights.
+
     Raises
     ------
     ConfigError
@@ -242,11 +247,14 @@ def quantization_config(settings: LoraSettings) -> Any:
     from transformers import BitsAndBytesConfig
 
     if settings.quantize == "4bit":
+        compute = resolve_compute_dtype(settings)
+        storage = {"bnb_4bit_quant_storage": compute} if under_fsdp() else {}
         return BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=resolve_compute_dtype(settings),
+            bnb_4bit_compute_dtype=compute,
+            **storage,
         )
     if settings.quantize == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
@@ -254,6 +262,12 @@ def quantization_config(settings: LoraSettings) -> Any:
         "quantization_config() was asked for settings with quantize='none'",
         "use quantize: 4bit or 8bit",
     )
+
+
+def under_fsdp() -> bool:
+    """Whether this process was started by ``accelerate launch`` with an FSDP config (which
+    sets ``ACCELERATE_USE_FSDP``)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
 
 
 def quantized_device_map(device: str | torch.device | None = None) -> dict[str, Any]:

@@ -49,8 +49,8 @@ class SupervisedFineTuning(Objective):
         attention across examples: a block-diagonal mask). Off by default: packing pays
         when examples are much shorter than ``max_length`` and changes which examples share
         a batch, so a packed run is not step-for-step the unpacked one.
-    train_windows
-        At most this many training windows, evenly spread (None: every window).
+    train_windows, train_nodes
+        At most this many training windows and nodes, evenly spread (None: all of them).
     cache_dir
         Where built datasets are kept (default :func:`default_sft_cache`); ``false`` /
         ``""``: build in memory every time.
@@ -64,6 +64,7 @@ class SupervisedFineTuning(Objective):
         model: nn.Module | None = None,
         packing: bool = False,
         train_windows: int | None = None,
+        train_nodes: int | None = None,
         cache_dir: str | os.PathLike | bool | None = None,
     ):
         super().__init__(info, model)
@@ -72,8 +73,9 @@ class SupervisedFineTuning(Objective):
                 "the sft objective trains models that answer in text (lm_loss), e.g. text_lm",
                 "use model: text_lm or st_token_lm with objective: sft",
             )
-        if train_windows is not None and train_windows < 1:
-            raise ConfigError(f"train_windows={train_windows} must be at least 1", "or null")
+        for name, value in (("train_windows", train_windows), ("train_nodes", train_nodes)):
+            if value is not None and value < 1:
+                raise ConfigError(f"{name}={value} must be at least 1", "or null for all")
         self.packing = bool(packing)
         self.train_windows = train_windows
         if cache_dir is None or cache_dir is True:
@@ -88,7 +90,11 @@ class SupervisedFineTuning(Objective):
             part: model.sft_config(
                 part,
                 packing=self.packing and part == "train",
-                **({"max_windows": train_windows} if part == "train" else {}),
+                **(
+                    {"max_windows": train_windows, "max_nodes": train_nodes}
+                    if part == "train"
+                    else {}
+                ),
             )
             for part in ("train", "val")
         }
