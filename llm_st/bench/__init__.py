@@ -15,5 +15,9 @@
   without gradient checkpointing at 2 and 4 blocks, projected to 32
   (:func:`~llm_st.bench.memory.memory_table`);
 - :mod:`~llm_st.bench.report`: every table llm-st prints;
-- :mod:`~llm_st.bench.machine`: the fastest torch thread count on a shared machine.
+- :mod:`~llm_st.bench.document`: a benchmark folder's report.md / report.html
+  (:func:`~llm_st.bench.document.write_report`), with the figures of
+  :mod:`~llm_st.bench.plots`;
+- :mod:`~llm_st.bench.machine`: what the machine is and the fastest torch thread count on
+  a shared machine.
 """

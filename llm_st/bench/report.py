@@ -329,3 +329,149 @@ def results_summary(table: Any, metric: str = "mae", step: str = "avg") -> str:
     for r in table[table["status"] != "done"].drop_duplicates("cell_id").itertuples():
         out.append(f"  {r.status}: {r.cell_id} {_blank(r.error)}".rstrip())
     return "\n".join(out)
+
+
+# ------------------------------------------------------------------ the benchmark report
+HIGHER_IS_BETTER = frozenset(
+    {"precision", "recall", "f1", "auc", "auroc", "auprc", "roc_auc", "pr_auc", "accuracy"}
+)
+"""Metrics where a larger value is better (detection scores); every other metric is an
+error (MAE, MSE, RMSE, MAPE, CRPS, ...), where smaller is better."""
+
+MAIN_METRICS = ("mae", "mse", "rmse", "mape", "crps", "precision", "recall", "f1", "auc")
+"""The metrics the report's tables show, in this order, where a protocol scores them."""
+
+STAT_KEYS = ("protocol", "protocol_param", "dataset", "horizon", "method")
+"""The columns that name one configuration of a results table (then step and metric)."""
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger ``metric`` is better (:data:`HIGHER_IS_BETTER`)."""
+    return str(metric).lower() in HIGHER_IS_BETTER
+
+
+def seed_stats(table: Any) -> Any:
+    """Mean, standard deviation and count over seeds of each finished metric of a results
+    table (:func:`llm_st.bench.runner.collect_results`).
+
+    One row per :data:`STAT_KEYS` x ``horizon_step`` x ``metric``, in the table's order,
+    with ``mean``, ``std`` (the sample standard deviation, ``ddof=1``, as
+    :func:`results_summary` prints it; NaN for one seed), ``seeds``, the first
+    ``backbone_mode``, ``trainable_params`` / ``total_params`` of the first seed and the
+    mean ``train_time_s`` / ``peak_memory_mb`` over the seeds' cells.
+    """
+    import pandas as pd
+
+    done = table[(table["status"] == "done") & table["metric"].notna()]
+    keys = [*STAT_KEYS, "horizon_step", "metric"]
+    columns = [*keys, "mean", "std", "seeds", "backbone_mode", "trainable_params"]
+    columns += ["total_params", "train_time_s", "peak_memory_mb"]
+    if done.empty:
+        return pd.DataFrame(columns=columns)
+    grouped = done.groupby(keys, dropna=False, sort=False)
+    stats = grouped["value"].agg(mean="mean", std="std", seeds="count").reset_index()
+    cells = done.drop_duplicates("cell_id")
+    costs = cells.groupby(list(STAT_KEYS), dropna=False, sort=False).agg(
+        backbone_mode=("backbone_mode", "first"),
+        trainable_params=("trainable_params", "first"),
+        total_params=("total_params", "first"),
+        train_time_s=("train_time_s", "mean"),
+        peak_memory_mb=("peak_memory_mb", "mean"),
+    )
+    stats = stats.merge(costs.reset_index(), on=list(STAT_KEYS), how="left", sort=False)
+    return stats[columns]
+
+
+def ablation_comparison(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each ablation of each adapter against its pretrained run, with the seed spread.
+
+    ``rows``: as for :func:`ablation_verdicts` (``model``, ``mode``, ``test``,
+    ``metric_scale``), plus ``test_std`` and ``seeds``. The error compared is the one
+    :func:`ablation_verdicts` compares (MSE on the normalized scale, MAE otherwise). A
+    difference *exceeds the seed spread* when it is larger than the sum of the two
+    standard deviations (the ±1 std intervals do not overlap); with one seed the spread
+    is unknown.
+
+    Returns
+    -------
+    list of dict
+        One per adapter and mode other than ``pretrained``: ``model``, ``mode``,
+        ``metric``, ``value`` / ``std``, ``pretrained`` / ``pretrained_std``,
+        ``difference`` (value - pretrained), ``gap`` (:func:`gap`), ``spread`` (the sum
+        of the stds, None with one seed), ``exceeds_spread`` (bool, None with one seed)
+        and ``verdict`` (a phrase).
+    """
+    if not rows:
+        return []
+    metric = "mse" if rows[0]["metric_scale"] == "normalized" else "mae"
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = {r["mode"]: r for r in rows if r["model"] == model}
+        if "pretrained" not in mine or len(mine) < 2:
+            continue
+        base = mine["pretrained"]
+        b_value = base["test"]["avg"][metric]
+        b_std = (base.get("test_std") or {}).get("avg", {}).get(metric)
+        for mode, row in mine.items():
+            if mode == "pretrained":
+                continue
+            value = row["test"]["avg"][metric]
+            std = (row.get("test_std") or {}).get("avg", {}).get(metric)
+            known = (
+                min(row.get("seeds", 1), base.get("seeds", 1)) > 1
+                and std is not None
+                and b_std is not None
+                and math.isfinite(std)
+                and math.isfinite(b_std)
+            )
+            diff = value - b_value
+            spread = std + b_std if known else None
+            exceeds = None if spread is None else bool(abs(diff) > spread)
+            if exceeds is None:
+                verdict = "one seed: spread unknown"
+            elif not exceeds:
+                verdict = "within the seed spread"
+            elif diff < 0:
+                verdict = f"{mode} better beyond the seed spread"
+            else:
+                verdict = "pretrained better beyond the seed spread"
+            out.append(
+                {
+                    "model": model,
+                    "mode": mode,
+                    "metric": metric,
+                    "value": value,
+                    "std": std,
+                    "pretrained": b_value,
+                    "pretrained_std": b_std,
+                    "difference": diff,
+                    "gap": gap(value, b_value) if b_value else "-",
+                    "spread": spread,
+                    "exceeds_spread": exceeds,
+                    "verdict": verdict,
+                }
+            )
+    return out
+
+
+def adapter_verdict(comparisons: Sequence[dict[str, Any]]) -> str:
+    """One adapter's overall verdict from its :func:`ablation_comparison` entries: does
+    its pretrained backbone beat every ablation beyond the seed spread (Tan et al.'s
+    question)?"""
+    if not comparisons:
+        return "no ablation to compare with"
+    if any(c["exceeds_spread"] is None for c in comparisons):
+        return "undecided: one seed, so no seed spread to compare the differences with"
+    better = [c["mode"] for c in comparisons if c["exceeds_spread"] and c["difference"] < 0]
+    worse = [c["mode"] for c in comparisons if c["exceeds_spread"] and c["difference"] > 0]
+    if better:
+        return (
+            f"the pretrained backbone does not help: {', '.join(better)} forecast(s) better "
+            "beyond the seed spread"
+        )
+    if len(worse) == len(comparisons):
+        return "the pretrained backbone helps: every ablation is worse beyond the seed spread"
+    tied = [c["mode"] for c in comparisons if not c["exceeds_spread"]]
+    return (
+        f"no evidence that the pretrained backbone helps: {', '.join(tied)} within the seed spread"
+    )
