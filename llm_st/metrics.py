@@ -526,3 +526,77 @@ def weighted_quantile_loss(
     pinball = xp.where(diff >= 0, q * diff, (q - 1) * diff)
     pinball = xp.where(valid[..., None] & ~xp.isnan(pinball), pinball, 0.0)
     return xp.ratio(2 * xp.sum(pinball) / len(levels), xp.sum(xp.abs(y)))
+
+
+# ------------------------------------------------------------------ detection (numpy)
+def _flat_scores(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``scores`` (float64) and ``labels`` (bool) flattened, NaN scores dropped."""
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    y = np.asarray(labels).astype(bool).ravel()
+    if s.shape != y.shape:
+        raise DataError(
+            f"{s.size} scores for {y.size} labels",
+            "pass one score per labelled item (same shape)",
+        )
+    keep = ~np.isnan(s)
+    return s[keep], y[keep]
+
+
+def roc_auc(scores: Any, labels: Any) -> float:
+    """Area under the ROC curve of ``scores`` (higher = more anomalous) against ``labels``.
+
+    The Mann-Whitney form: the probability that a random positive scores above a random
+    negative, ties counting one half (average ranks), so it equals scikit-learn's
+    ``roc_auc_score``. NaN scores are left out; NaN when there is no positive or no
+    negative.
+    """
+    s, y = _flat_scores(scores, labels)
+    positives, negatives = int(y.sum()), int((~y).sum())
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    sorted_s = s[order]
+    ranks = np.empty(len(s))
+    # average ranks (1-based) over runs of equal scores
+    edges = np.flatnonzero(np.diff(sorted_s)) + 1
+    starts = np.concatenate([[0], edges])
+    stops = np.concatenate([edges, [len(s)]])
+    ranks[order] = np.repeat((starts + stops + 1) / 2.0, stops - starts)
+    u = ranks[y].sum() - positives * (positives + 1) / 2.0
+    return float(u / (positives * negatives))
+
+
+def precision_recall_f1(predicted: Any, labels: Any) -> dict[str, float]:
+    """``{"precision", "recall", "f1"}`` of boolean predictions against boolean labels.
+
+    A ratio over nothing is 0 (no predicted positives: precision 0; no positives:
+    recall 0), as scikit-learn's ``zero_division=0``.
+    """
+    p = np.asarray(predicted).astype(bool).ravel()
+    y = np.asarray(labels).astype(bool).ravel()
+    if p.shape != y.shape:
+        raise DataError(f"{p.size} predictions for {y.size} labels", "pass matching shapes")
+    tp = float(np.sum(p & y))
+    precision = tp / p.sum() if p.sum() else 0.0
+    recall = tp / y.sum() if y.sum() else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
+
+
+def best_f1_threshold(scores: Any, labels: Any) -> tuple[float, float]:
+    """``(threshold, f1)``: the threshold ``t`` (an item is flagged when its score
+    ``>= t``) with the highest F1 over all distinct scores; the highest such ``t`` on a
+    tie. NaN scores are left out. ``(inf, 0.0)`` when there is no positive label.
+    """
+    s, y = _flat_scores(scores, labels)
+    if not y.any():
+        return float("inf"), 0.0
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    tp = np.cumsum(y)
+    flagged = np.arange(1, len(s) + 1)
+    last = np.concatenate([np.flatnonzero(np.diff(s)), [len(s) - 1]])  # end of each tie run
+    tp, flagged = tp[last], flagged[last]
+    f1 = 2 * tp / (flagged + y.sum())  # = 2 P R / (P + R)
+    best = int(np.argmax(f1))  # first = highest threshold among equal F1
+    return float(s[last[best]]), float(f1[best])

@@ -122,7 +122,9 @@ def test_shipped_plans_resolve_every_recipe(name):
         "few_shot": 2 * (3 + 3) * 3,
         "zero_shot_transfer": 2 * 3 * 3,
         "traffic_graph": 3 * (4 * 3 + 2),  # last_value, historical_average: one seed
-        "smoke": 3 * 2 * 2,
+        # forecasting: 3 protocols x 2 methods x 2 seeds; beyond (one seed): shift 2 drifts
+        # x 4 objectives, imputation 2 masks x 4 methods, anomaly STID (2 seeds) and 1
+        "smoke": 3 * 2 * 2 + 2 * 4 + 2 * 4 + 3,
     }
     assert len(cells) == expected[name]
     if name == "ett_long_term":
@@ -137,7 +139,8 @@ def test_shipped_plans_resolve_every_recipe(name):
 def test_plan_overrides():
     plan = Plan.load(SMOKE, ["seeds=[3]", "budget.training.max_steps=2"])
     assert plan.seeds == [3] and plan.budget["training.max_steps"] == 2
-    assert {c.seed for c in plan.cells()} == {3}
+    # the plan's seeds, except for methods with seeds of their own
+    assert {c.seed for c in plan.cells() if plan.method(c.method).seeds is None} == {3}
     recipe = plan.protocol("full").recipe(plan.cells()[0])
     assert recipe.training.max_steps == 2 and recipe.training.seed == 3
     with pytest.raises(ConfigError, match="sets no plan key"):
@@ -331,6 +334,9 @@ def test_smoke_plan_runs_every_protocol(smoke):
         "full": 4,
         "few_shot": 4,
         "zero_shot_transfer": 4,
+        "shift": 8,  # tests/test_bench_protocols.py checks these three
+        "imputation": 8,
+        "anomaly": 3,
     }
     assert set(table.loc[table.protocol == "few_shot", "protocol_param"]) == {"0.1"}
     transfer = table[table.protocol == "zero_shot_transfer"]

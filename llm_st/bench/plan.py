@@ -63,6 +63,11 @@ Protocols (:data:`PROTOCOLS`):
   on the target's training rows, as the papers' code does). Reported as dataset ``A->B``.
 - ``long_horizon`` (``history``, optional; ``horizons``, default: the plan's): the recipe
   at every horizon (``data.horizon``), e.g. ETT's 96 / 192 / 336 / 720.
+- ``shift``, ``imputation``, ``anomaly``: beyond forecasting, in
+  :mod:`llm_st.bench.protocols` (imported at the end of this module, so always
+  registered): training before a synthetic drift and testing after it; hidden entries of
+  the test windows imputed and scored; the synthetic generator's incidents detected by
+  forecast or reconstruction errors.
 
 Adding a protocol: subclass :class:`Protocol`, give it a ``name``, its ``params`` (name ->
 default, :data:`REQUIRED` for a required one) and what differs from ``full``: usually
@@ -894,3 +899,7 @@ def apply_plan_overrides(
                 f"{hint}set one of {', '.join(PLAN_KEYS)} or budget.<section.key>",
             )
     return raw
+
+
+# the protocols beyond forecasting (shift, imputation, anomaly) register themselves
+import llm_st.bench.protocols  # noqa: E402, F401

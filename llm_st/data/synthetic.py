@@ -351,7 +351,10 @@ def synthetic_traffic(
         where missing (``null_value=0.0``); ``channels=["speed"]``; ``adjacency``
         (directed, COO); ``coords`` ``[N, 2]`` (lat, lon); ``node_meta`` with road,
         direction, corridor, position, road_type, lanes, free_flow_mph;
-        ``extras["synthetic"]`` with the parameters and ``lag_steps``.
+        ``extras["synthetic"]`` with the parameters, ``lag_steps`` and ``incidents``:
+        lists ``node``, ``start``, ``length`` (rows, cut at the end of the series) and
+        ``size`` (added load) of every incident, the ground truth of anomaly detection
+        (:func:`incident_labels`).
     """
     _require(
         isinstance(num_nodes, (int, np.integer)) and num_nodes >= 4,
@@ -425,6 +428,12 @@ def synthetic_traffic(
     inc_size = incident_rng.uniform(0.8, 2.0, n_inc).astype(np.float32)
     for rows, nodes, run in _run_cells(inc_node, inc_start, inc_len, T):
         np.add.at(speed, (rows, nodes), inc_size[run])
+    incidents = {  # the ground truth of anomaly detection (see incident_labels)
+        "node": inc_node.tolist(),
+        "start": inc_start.tolist(),
+        "length": np.minimum(inc_len, T - inc_start).tolist(),  # as applied: cut at the end
+        "size": inc_size.astype(float).tolist(),
+    }
 
     # --- load dynamics: a loop over time, vectorized over sensors and edges
     lag = max(1, round(10 / interval_minutes))
@@ -520,8 +529,48 @@ def synthetic_traffic(
         description=description,
         name="synthetic-traffic",
         null_value=0.0,
-        extras={"synthetic": {"generator": "synthetic-traffic", **params, "lag_steps": lag}},
+        extras={
+            "synthetic": {
+                "generator": "synthetic-traffic",
+                **params,
+                "lag_steps": lag,
+                "incidents": incidents,
+            }
+        },
     )
+
+
+def incident_labels(data: STData) -> np.ndarray:
+    """``[T, N]`` bool: True at the rows and sensors where an incident of the generator
+    adds load (``data.extras["synthetic"]["incidents"]`` of :func:`synthetic_traffic`).
+
+    Only the incident's own sensor is marked, for the rows it lasts; the congestion it
+    causes downstream (``lag_steps`` later) is not. Data sliced in time
+    (:meth:`STData.time_slice`) keep the extras of the whole series: label the whole
+    series and slice the labels alike (a slice is refused).
+    """
+    facts = (data.extras or {}).get("synthetic", {})
+    incidents = facts.get("incidents")
+    if facts.get("generator") != "synthetic-traffic" or incidents is None:
+        raise DataError(
+            f"{data.name!r} records no incidents of the synthetic-traffic generator",
+            "generate the data with synthetic_traffic (spec synthetic-traffic:...)",
+        )
+    T, N = data.num_steps, data.num_nodes
+    generated = int(round(facts["num_days"] * 1440 / facts["interval_minutes"]))
+    if T != generated or N != facts["num_nodes"]:
+        raise DataError(
+            f"{data.name!r} has {T} rows and {N} nodes; its incidents were drawn for "
+            f"{generated} rows and {facts['num_nodes']} nodes",
+            "label the whole generated series, then slice the labels",
+        )
+    labels = np.zeros((T, N), bool)
+    node = np.asarray(incidents["node"], np.int64)
+    start = np.asarray(incidents["start"], np.int64)
+    length = np.asarray(incidents["length"], np.int64)
+    run, rows = _expand_runs(start, length)
+    labels[rows, node[run]] = True
+    return labels
 
 
 # ---------------------------------------------------------------------------- grid

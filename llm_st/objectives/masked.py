@@ -19,6 +19,16 @@ learnable affine map; the raw scaled history for models without RevIN). The loss
 is the MSE over hidden patches only, and within them over observed entries
 (``x_mask``) only.
 
+``unit="point"`` (``"patchtst"`` style only) hides single entries instead of whole
+patches: every entry with probability ``mask_ratio``, GPT4TS's imputation training
+(Zhou et al., NeurIPS 2023: random points of the window hidden at a mask rate, the
+loss on the hidden points). Hidden entries are left out of the instance statistics
+and set to 0 in the normalized input; the loss is the MSE over hidden observed
+entries.
+
+:meth:`MaskedModelling.reconstruct` (``"patchtst"`` style) rebuilds every entry of a
+window from its observed ones (``x_mask``): imputation at test time.
+
 Models need a patch encoder: :class:`llm_st.models.patchtst.PatchForecaster`'s
 ``patch_input``, ``patch_tokens``, ``encode`` and ``to_patches`` (``patchtst``,
 ``pattn``).
@@ -35,9 +45,12 @@ from llm_st.errors import ConfigError
 from llm_st.models.base import DataInfo
 from llm_st.objectives.base import Objective
 from llm_st.objectives.registry import register_objective
+from llm_st.tokens.patching import unpatchify
+from llm_st.tokens.revin import InstanceStats, instance_norm
 
 PATCH_ENCODER = ("patch_input", "patch_tokens", "encode", "to_patches")
 STYLES = ("step", "patchtst")
+UNITS = ("patch", "point")
 
 
 def models_with(attrs: tuple[str, ...]) -> list[str]:
@@ -97,6 +110,9 @@ class MaskedModelling(Objective):
     mask_ratio : float
         Share of patches hidden per series (0.75).
     style : {"step", "patchtst"}
+    unit : {"patch", "point"}
+        What is hidden: whole patches (``round(P * mask_ratio)`` per series) or single
+        entries (each with probability ``mask_ratio``; ``"patchtst"`` style only).
     decoder_layers, decoder_heads : int
         Transformer decoder of the ``"step"`` style (1 layer, 4 heads, feed-forward
         ``4 * d_model``).
@@ -110,6 +126,7 @@ class MaskedModelling(Objective):
         style: str = "step",
         decoder_layers: int = 1,
         decoder_heads: int = 4,
+        unit: str = "patch",
     ):
         super().__init__(info, model)
         if model is None or not all(hasattr(model, a) for a in PATCH_ENCODER):
@@ -124,6 +141,14 @@ class MaskedModelling(Objective):
             )
         if style not in STYLES:
             raise ConfigError(f"unknown masked style {style!r}", f"use one of {STYLES}")
+        if unit not in UNITS:
+            raise ConfigError(f"unknown masked unit {unit!r}", f"use one of {UNITS}")
+        if unit == "point" and style != "patchtst":
+            raise ConfigError(
+                "masked unit 'point' hides single entries, which only the 'patchtst' style "
+                "(the encoder sees every patch) can take",
+                "set objective params style: patchtst",
+            )
         if model.num_patches < 2:
             raise ConfigError(
                 f"masked modelling needs >= 2 patches per series; patch_len={model.patch_len}, "
@@ -131,7 +156,7 @@ class MaskedModelling(Objective):
                 "lower model.patch_len / model.stride or raise data.history",
             )
         d = model.d_model
-        self.mask_ratio, self.style = mask_ratio, style
+        self.mask_ratio, self.style, self.unit = mask_ratio, style, unit
         self.head = nn.Linear(d, model.patch_len)
         if style == "step":
             if d % decoder_heads:
@@ -166,9 +191,84 @@ class MaskedModelling(Objective):
         full = full.scatter(1, visible_idx.unsqueeze(-1).expand(-1, -1, d), encoded)
         return self.head(self.decoder(full + self.decoder_pos))
 
+    # ---- single entries (unit "point", and reconstruction at test time)
+    def _visible_pass(
+        self, model: nn.Module, batch: dict[str, torch.Tensor], visible: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, InstanceStats | None]:
+        """Reconstruct every entry of the history from the ``visible`` ones.
+
+        Returns ``(recon, target, hidden, stats)``: ``recon`` and ``target`` ``[S, P,
+        patch_len]`` in the instance-normalized space of the visible entries (without
+        RevIN's affine map), ``hidden`` ``[S, P, patch_len]`` bool (not visible), and
+        ``stats`` the instance statistics (None for a model without RevIN).
+        """
+        x = batch["x"]
+        B, L = x.shape[:2]
+        vis_batch = {**batch, "x": torch.where(visible, x, torch.zeros_like(x)), "x_mask": visible}
+        patches = model.patch_input(vis_batch)  # RevIN statistics of the visible entries
+        hidden = model.to_patches((~visible).reshape(B, L, -1).to(x.dtype)) > 0.5
+        patches = torch.where(hidden, torch.zeros_like(patches), patches)
+        recon = self.head(model.encode(model.patch_tokens(patches)))
+        z = x.reshape(B, L, -1)
+        revin = getattr(model, "revin", None)
+        stats = None
+        if revin is not None:
+            _, stats = instance_norm(z, dim=1, mask=visible.reshape(B, L, -1), eps=revin.eps)
+            z = (z - stats.mean) / stats.std
+        return recon, model.to_patches(z).detach(), hidden, stats
+
+    def _point_loss(
+        self, model: nn.Module, batch: dict[str, torch.Tensor], observed: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        x = batch["x"]
+        hide = torch.rand(x.shape, device=x.device) < self.mask_ratio
+        recon, target, hidden, _ = self._visible_pass(model, batch, observed & ~hide)
+        B, L = x.shape[:2]
+        counted = hidden & (model.to_patches(observed.reshape(B, L, -1).to(x.dtype)) > 0.5)
+        everywhere = torch.ones(recon.shape[:2], dtype=torch.bool, device=recon.device)
+        loss = masked_patch_loss(recon, target, everywhere, counted)
+        ratio = (hide & observed).sum() / observed.sum().clamp(min=1)
+        return loss, {"masked_mse": loss.detach(), "hidden_ratio": ratio.detach().float()}
+
+    @torch.no_grad()
+    def reconstruct(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[B, L, N, C]``: every entry of the history rebuilt from the observed ones
+        (``x_mask``), on the scale of ``batch["x"]`` (imputation; ``"patchtst"`` style).
+
+        Entries that are not observed are set to 0 in the normalized input, as hidden
+        ones in training; the reconstructed patches are put back together by averaging
+        where they overlap (:func:`~llm_st.tokens.patching.unpatchify`) and
+        de-normalized with the statistics of the observed entries. Only the observed
+        entries of ``batch`` are read.
+        """
+        if self.style != "patchtst":
+            raise ConfigError(
+                "reconstruction of arbitrary entries needs the 'patchtst' style (the 'step' "
+                "style encodes a fixed number of visible patches)",
+                "train the masked objective with style: patchtst",
+            )
+        x = batch["x"]
+        B, L, N, C = x.shape
+        mask = batch.get("x_mask")
+        visible = torch.ones_like(x, dtype=torch.bool) if mask is None else mask.bool()
+        recon, _, _, stats = self._visible_pass(model, batch, visible)
+        P, patch_len = recon.shape[1:]
+        covered = (P - 1) * model.stride + patch_len
+        series = unpatchify(recon.reshape(B, N * C, P, patch_len), model.stride, min(L, covered))
+        if series.shape[-1] < L:  # steps no patch holds (padding "none"): the mean
+            series = nn.functional.pad(series, (0, L - series.shape[-1]))
+        z = series.transpose(1, 2)  # [B, L, N*C]
+        if stats is not None:
+            z = z * stats.std + stats.mean
+        return z.reshape(B, L, N, C)
+
     def loss(
         self, model: nn.Module, batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, Any]]:
+        if self.unit == "point":
+            x, mask = batch["x"], batch.get("x_mask")
+            observed = torch.ones_like(x, dtype=torch.bool) if mask is None else mask.bool()
+            return self._point_loss(model, batch, observed)
         patches = model.patch_input(batch)  # [S, P, patch_len], model's own input pipeline
         target = model.patch_input(batch, affine=False).detach()
         x = batch["x"]
