@@ -180,10 +180,21 @@ def _add_train_command(sub: argparse._SubParsersAction) -> None:
     train.set_defaults(func=_cmd_train)
 
 
-def add_run_arguments(parser: argparse.ArgumentParser, example: str) -> None:
+def add_run_arguments(
+    parser: argparse.ArgumentParser,
+    example: str,
+    defaults: dict[str, str] | None = None,
+) -> None:
     """``--recipe``, ``--set`` (``example``: an override), ``--out``, ``--resume`` |
-    ``--overwrite``: the arguments of every command that runs a recipe into a directory."""
-    parser.add_argument("--recipe", required=True, help="YAML recipe file")
+    ``--overwrite``: the arguments of every command that runs a recipe into a directory.
+    ``defaults``: help texts of ``recipe`` / ``out`` / ``overwrite`` for a command where
+    they are optional (``--recipe`` and ``--out`` are then not required)."""
+    optional = defaults or {}
+    parser.add_argument(
+        "--recipe",
+        required="recipe" not in optional,
+        help=f"YAML recipe file{optional.get('recipe', '')}",
+    )
     parser.add_argument(
         "--set",
         action="append",
@@ -191,7 +202,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, example: str) -> None:
         metavar="KEY=VALUE",
         help=f"override a recipe value, e.g. {example} (repeatable)",
     )
-    parser.add_argument("--out", required=True, help="run directory")
+    parser.add_argument(
+        "--out", required="out" not in optional, help=f"run directory{optional.get('out', '')}"
+    )
     how = parser.add_mutually_exclusive_group()
     how.add_argument(
         "--resume",
@@ -199,7 +212,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, example: str) -> None:
         help="continue an interrupted run in --out from its latest checkpoint",
     )
     how.add_argument(
-        "--overwrite", action="store_true", help="replace the results already in --out"
+        "--overwrite",
+        action="store_true",
+        help=f"replace the results already in --out{optional.get('overwrite', '')}",
     )
 
 
@@ -238,6 +253,54 @@ def _add_finetune_command(sub: argparse._SubParsersAction) -> None:
         help="also write --out/merged: the LM with the adapter folded in (a Hugging Face model)",
     )
     ft.set_defaults(func=_cmd_finetune)
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> None:
+    from llm_st.pipeline.pretrain import (
+        load_pretrain_recipe,
+        pretrain,
+        pretrained_lm,
+        recipe_file,
+        summary_line,
+    )
+
+    path = args.recipe or recipe_file()
+    if args.out is None:
+        if args.set or args.resume:
+            raise ConfigError(
+                "--set and --resume need --out: without it the recipe file is built as it is "
+                "into the cache",
+                "pass --out DIR, or drop --set / --resume",
+            )
+        model_dir = pretrained_lm(path, cache=not args.overwrite)
+        metrics = json.loads((model_dir.parent / "metrics.json").read_text())
+    else:
+        recipe = load_pretrain_recipe(path, args.set)
+        metrics = pretrain(recipe, args.out, resume=args.resume, overwrite=args.overwrite)
+    print(summary_line(metrics))
+
+
+def _add_pretrain_command(sub: argparse._SubParsersAction) -> None:
+    pre = sub.add_parser(
+        "pretrain",
+        help="pre-train a small forecasting LM from scratch on serialized series",
+        description="Train a tokenizer and a causal LM from random weights on a corpus of "
+        "synthetic series and the training rows of named datasets (alignment/pretrain/), "
+        "then score it zero-shot on held-out data beside the last value and the historical "
+        "average. --out gets a run directory (checkpoints/, log.jsonl, metrics.json, init/) "
+        "and model/, a Hugging Face model directory. Without --out the recipe's LM is built "
+        "once into the cache; for the shipped recipe that is the model named st-lm.",
+    )
+    add_run_arguments(
+        pre,
+        "training.max_steps=100 or corpus.sources.0.max_windows=16 (needs --out)",
+        {
+            "recipe": " (default: alignment/pretrain/st_lm.yaml)",
+            "out": " (default: the cache, see above)",
+            "overwrite": " (without --out: rebuild the cached LM)",
+        },
+    )
+    pre.set_defaults(func=_cmd_pretrain)
 
 
 # ----------------------------------------------------------------- prompts and zero-shot
@@ -649,6 +712,35 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     )
     print(results_summary(table))
     print(f"results: {args.out}/results.parquet and results.csv")
+    _write_report(args.out, args.device)
+
+
+def _write_report(folder: str, device: str = "auto") -> None:
+    from llm_st.bench.document import write_report
+
+    written = write_report(folder, device=None if device == "auto" else device)
+    figures = len(written) - 2
+    print(f"report: {written['markdown']}, {written['html']} ({figures} figures)")
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    _write_report(args.bench_dir, args.device)
+
+
+def _add_report_command(sub: argparse._SubParsersAction) -> None:
+    report = sub.add_parser(
+        "report",
+        help="write report.md, report.html and PNG figures of a benchmark folder",
+        description="Tables of mean ± std over seeds per protocol (best marked), the Tan et al. "
+        "ablation verdicts, figures (error per horizon step, accuracy vs cost, forecast "
+        "examples, per-sensor error map, few-shot curves, imputation, shift), the plan, "
+        "software versions and the machine, from the results of llm-st bench.",
+    )
+    report.add_argument("bench_dir", help="the --out folder of llm-st bench")
+    report.add_argument(
+        "--device", default="auto", help="where the forecast examples are computed: auto, cpu, cuda"
+    )
+    report.set_defaults(func=_cmd_report)
 
 
 def _add_bench_command(sub: argparse._SubParsersAction) -> None:
@@ -673,6 +765,9 @@ def _add_bench_command(sub: argparse._SubParsersAction) -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="override a plan value, e.g. seeds=[0] or budget.training.max_steps=50",
     )  # fmt: skip
+    bench.add_argument(
+        "--device", default="auto", help="where the report's forecast examples are computed"
+    )
     bench.set_defaults(func=_cmd_bench)
 
 
@@ -686,6 +781,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_export_command,
     _add_finetune_command,
     _add_predict_commands,
+    _add_pretrain_command,
     _add_prompt_commands,
     _add_train_command,
 ]

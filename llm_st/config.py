@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import importlib.util
 import os
 import types
 import typing
@@ -35,6 +36,22 @@ METRIC_SCALES = ("original", "normalized")
 HARDWARE_SETTINGS = ("device", "compile", "micro_batch_size")
 """Training settings that say how a run computes, not what it computes: a resumed run may
 change them (results then differ by rounding only)."""
+
+
+def recipes_root() -> Path:
+    """The folder of the shipped recipes, plans and pre-training recipes: a checkout's
+    ``alignment/``, else the installed copy (``llm_st.recipes``, see ``setup.py``)."""
+    checkout = Path(__file__).resolve().parents[1] / "alignment"
+    if checkout.is_dir():
+        return checkout
+    spec = importlib.util.find_spec("llm_st.recipes")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            "the standard recipes are neither in a checkout (alignment/) nor installed "
+            "(llm_st.recipes)",
+            "reinstall llm-st, or pass the folder of the recipes",
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def cache_root() -> Path:

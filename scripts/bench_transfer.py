@@ -44,8 +44,8 @@ from llm_st.bench.ablation import (  # noqa: E402
     run_transfer_dataset,
 )
 from llm_st.bench.machine import pick_num_threads  # noqa: E402
-from llm_st.bench.recipes import recipes_root  # noqa: E402
 from llm_st.bench.report import transfer_report  # noqa: E402
+from llm_st.config import recipes_root  # noqa: E402
 from llm_st.data import load  # noqa: E402
 
 

@@ -53,3 +53,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def pretrained_test_lm() -> Path:
+    """The small forecasting LM of ``alignment/pretrain/st_lm_test.yaml`` (a few seconds of
+    pre-training on synthetic series): a Hugging Face model directory that fine-tuning
+    tests start from. Built once into the tests' cache (``$LLM_ST_CACHE/models``, keyed by
+    the recipe's text, see :func:`llm_st.pipeline.pretrain.pretrained_lm`) and reused by
+    later sessions."""
+    from llm_st.pipeline.pretrain import pretrained_test_lm as build
+
+    return build()

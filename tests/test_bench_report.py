@@ -9,9 +9,9 @@ import re
 from pathlib import Path
 
 from llm_st.bench.baselines import expand_groups, find_recipes, run_baselines
-from llm_st.bench.recipes import recipes_root
 from llm_st.bench.report import baseline_report, ett_table, gap
 from llm_st.bench.seeds import mean_over_seeds
+from llm_st.config import recipes_root
 
 SPEC = "synthetic-traffic:num_nodes=4,num_days=3"
 

@@ -27,10 +27,16 @@ def test_demo_quick_table(tmp_path):
     assert len(adapter) == 4  # pretrained + the three ablations
     assert len({r["method"] for r in adapter}) == 4
     zero_shot = [r for r in rows if r["family"] == "zero-shot LLM"]
-    assert (
-        len(zero_shot) == 1 and zero_shot[0]["valid_fraction"] == 1.0
-    )  # constrained decoding always parses
-    assert "not a real forecast" in zero_shot[0]["note"]
+    finetuned = [r for r in rows if r["family"] == "fine-tuned LLM"]
+    assert len(zero_shot) == 1 and len(finetuned) == 1
+    # constrained decoding always parses, before and after fine-tuning
+    assert zero_shot[0]["valid_fraction"] == 1.0 == finetuned[0]["valid_fraction"]
+    assert "pre-trained here" in zero_shot[0]["note"]
+    # the LM rows and their last-value reference score the same windows and sensors
+    subset = by_name["last_value (LM subset)"]
+    assert zero_shot[0]["num_windows"] == subset["num_windows"] == finetuned[0]["num_windows"]
+    assert zero_shot[0]["num_series"] == subset["num_series"] == finetuned[0]["num_series"]
+    assert 0 < finetuned[0]["trainable"] < finetuned[0]["total"]  # LoRA weights only
     for r in rows:
         for key in ("h3", "h6", "h12", "avg"):
             m = r["metrics"][key]
@@ -56,6 +62,7 @@ def test_demo_quick_table(tmp_path):
         "dlinear",
         "stid",
         "graph_wavenet",
+        "text_lm-qlora",
     }
     forecast = pd.read_csv(out / "forecast.csv")
     assert len(forecast) == 12 * 12 and forecast["mean"].between(0, 120).all()  # mph

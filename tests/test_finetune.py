@@ -197,12 +197,15 @@ def test_selecting_on_the_validation_mae_decodes_forecasts(task, tmp_path):
     assert summary["val"]["avg"]["mae"] == pytest.approx(best["val_mae"])
 
 
-def test_finetune_command_writes_a_run_that_forecasts_and_merges(task, tmp_path, capsys):
+def test_finetune_command_writes_a_run_that_forecasts_and_merges(
+    task, tmp_path, capsys, pretrained_test_lm
+):
+    # the fine-tuning starts from the LM pre-trained here (the test recipe's, LLaMA layout)
     recipe = ALIGNMENT / "text_lm" / "synthetic-traffic" / "config_lora.yaml"
     out = tmp_path / "run"
     small = [
         f"data.spec={SMALL}", f"data.history={HISTORY}", f"data.horizon={HORIZON}",
-        "data.ratios=[0.6,0.2,0.2]", "model.backbone.source=tiny-gpt2",
+        "data.ratios=[0.6,0.2,0.2]", f"model.backbone.source={pretrained_test_lm}",
         "model.params.val_windows=2", "model.params.val_nodes=2", "model.params.test_windows=3",
         "model.params.test_nodes=2", "objective.params.train_windows=12",
         f"objective.params.cache_dir={tmp_path / 'cache'}", "training.max_steps=4",
@@ -229,7 +232,7 @@ def test_finetune_command_writes_a_run_that_forecasts_and_merges(task, tmp_path,
     from llm_st.backbones import load_causal_lm
 
     merged, _ = load_causal_lm(out / "merged")
-    ids = torch.tensor([[5, 17, 42, 8, 99, 3]])
+    ids = torch.tensor([[5, 17, 42, 8, 99, 3]])  # within the pre-trained LM's 261 tokens
     with torch.no_grad():
         want = pipeline.model.lm(input_ids=ids).logits
         got = merged(input_ids=ids).logits

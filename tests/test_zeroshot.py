@@ -260,7 +260,12 @@ def test_cli_zero_shot_writes_metrics_and_forecasts(tmp_path, tiny_cache, monkey
 def test_demo_row_says_when_it_only_shows_the_machinery(tiny_cache, monkeypatch):
     monkeypatch.setenv("LLM_ST_CACHE", str(tiny_cache.parent))
     task = prepare_task(sensors(), history=12, horizon=3)
-    (row,) = zero_shot_rows(task, quick=True, model=None, horizons=(3,), device="cpu")
+    row, reference = zero_shot_rows(
+        task, quick=True, model="tiny-gpt2", horizons=(3,), device="cpu"
+    )
     assert row["model"] == "tiny-gpt2" and "not a real forecast" in row["note"]
-    assert row["valid_fraction"] == 1.0 and row["num_windows"] == 1
+    assert row["valid_fraction"] == 1.0 and row["num_windows"] == 2
     assert np.isfinite(row["metrics"]["h3"]["mae"])
+    # last value is scored on exactly the LM row's windows and sensors
+    assert reference["method"] == "last_value (LM subset)"
+    assert (reference["num_windows"], reference["num_series"]) == (2, row["num_series"])

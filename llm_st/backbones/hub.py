@@ -2,7 +2,9 @@
 
 ``load_causal_lm`` resolves, in this order:
 
-1. a tiny test model name (``tiny-gpt2``, ``tiny-llama``; see :mod:`llm_st.backbones.tiny`);
+1. a tiny test model name (``tiny-gpt2``, ``tiny-llama``; see :mod:`llm_st.backbones.tiny`),
+   or ``st-lm``, the forecasting LM pre-trained here (its cached directory, see
+   :mod:`llm_st.backbones.pretrained_here`);
 2. an existing local directory (what ``hf download ORG/NAME --local-dir DIR`` writes);
 3. anything path-like (``./x``, ``/x``, ``~/x``) that does not exist: an error;
 4. otherwise a Hugging Face hub id. Offline (``HF_HUB_OFFLINE=1`` or no network) the
@@ -22,6 +24,7 @@ from typing import Any
 
 import torch
 
+from llm_st.backbones.pretrained_here import ST_LM, pretrained_model_dir
 from llm_st.backbones.tiny import TINY_MODELS, is_tiny, tiny_model_dir
 from llm_st.errors import ModelLoadError
 
@@ -57,18 +60,22 @@ def resolve_alias(name: str) -> str:
 def resolve_source(name_or_path: str | Path) -> tuple[str, bool]:
     """Where a model is read from: ``(what from_pretrained gets, whether it is local)``.
 
-    A tiny name gives its built directory, an alias such as ``"minilm"`` the directory of
-    the installed model, an existing directory itself, anything else not path-like a hub
-    id (the order of the module docstring).
+    A tiny name gives its built directory, ``"st-lm"`` the cached directory of the LM
+    pre-trained here, an alias such as ``"minilm"`` the directory of the installed model,
+    an existing directory itself, anything else not path-like a hub id (the order of the
+    module docstring).
 
     Raises
     ------
     ModelLoadError
-        A directory without ``config.json``, or a path that does not exist.
+        A directory without ``config.json``, a path that does not exist, or ``"st-lm"``
+        before it was built (the message says how to build it).
     """
     name = str(name_or_path)
     if is_tiny(name):
         return str(tiny_model_dir(name)), True
+    if name == ST_LM:
+        return str(_st_lm_dir()), True
     if resolve_alias(name) != name:
         return resolve_alias(name), True
     path = Path(name).expanduser()
@@ -85,6 +92,20 @@ def resolve_source(name_or_path: str | Path) -> tuple[str, bool]:
             "check the path, or download the model with `hf download ORG/NAME --local-dir DIR`",
         )
     return name, False
+
+
+def _st_lm_dir() -> Path:
+    """The cached directory of ``st-lm``, which must have been built already."""
+    path = pretrained_model_dir()
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(
+            f"{ST_LM!r} (the forecasting LM pre-trained here) is not built yet: {path} does not "
+            "exist",
+            "build it once (a few minutes on a CPU) with `llm-st pretrain --recipe "
+            "alignment/pretrain/st_lm.yaml` (without --out it goes to that cache) or "
+            "`llm_st.pipeline.pretrain.pretrained_lm()`",
+        )
+    return path
 
 
 def _hub_error(model_id: str, exc: Exception) -> ModelLoadError:

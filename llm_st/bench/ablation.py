@@ -233,7 +233,7 @@ class BenchDataset:
 
     def data_spec(self, model: str, recipes: Path | None = None) -> str:
         """Its data spec, else that of the recipe of ``model`` for it (in ``recipes``,
-        default :func:`~llm_st.bench.recipes.recipes_root`)."""
+        default :func:`~llm_st.config.recipes_root`)."""
         return self.spec or load_recipe(recipe_path(model, self.name, recipes)).data.spec
 
 
@@ -484,7 +484,7 @@ def run_transfer_dataset(
     mae
         ViT-MAE directory of VisionTS, replacing its recipe's.
     recipes
-        Folder of the recipes (default: :func:`~llm_st.bench.recipes.recipes_root`).
+        Folder of the recipes (default: :func:`~llm_st.config.recipes_root`).
     progress
         Called with one line per finished run.
     """

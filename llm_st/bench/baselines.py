@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llm_st.bench.recipes import recipes_root
 from llm_st.bench.seeds import mean_over_seeds
-from llm_st.config import load_recipe
+from llm_st.config import load_recipe, recipes_root
 from llm_st.data import load
 from llm_st.engine import train
 from llm_st.errors import DataNotFoundError

@@ -39,7 +39,7 @@ A method's ``recipe`` is
   ``<dataset>`` is the dataset's ``recipes`` folder;
 - a path, where ``{dataset}`` stands for that folder and ``{method}`` for the method's
   name; relative paths are looked up next to the plan file, then (``alignment/...``) in
-  the shipped recipes (:func:`~llm_st.bench.recipes.recipes_root`), then in the working
+  the shipped recipes (:func:`~llm_st.config.recipes_root`), then in the working
   directory;
 - a recipe mapping written inline (``data.spec`` may be left out).
 
@@ -96,8 +96,8 @@ from typing import Any, ClassVar
 import yaml
 
 from llm_st.backbones.ablations import BACKBONE_MODES
-from llm_st.bench.recipes import recipe_path, recipes_root
-from llm_st.config import Recipe, read_yaml_file, recipe_from_dict
+from llm_st.bench.recipes import recipe_path
+from llm_st.config import Recipe, read_yaml_file, recipe_from_dict, recipes_root
 from llm_st.data import load as load_data
 from llm_st.engine import train
 from llm_st.engine.checkpoint import CheckpointManager

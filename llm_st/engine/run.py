@@ -162,21 +162,22 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _check_resumable(run: RunDir, recipe: Recipe) -> None:
-    """A resumed run must continue the recipe it was started with; the training settings of
-    :data:`~llm_st.config.HARDWARE_SETTINGS` (device, compile, micro-batches) may change."""
-    path = run / "recipe.yaml"
-    if not path.is_file():
+def check_resumable(saved: Path, recipe: Any, where: str | Path) -> None:
+    """Refuse to resume the run in ``where`` with another recipe than the one it was started
+    with (``saved``, its YAML; nothing to check when it is missing). ``recipe`` is any recipe
+    with ``to_dict()``; the training settings of :data:`~llm_st.config.HARDWARE_SETTINGS`
+    (device, compile, micro-batches) may change."""
+    if not saved.is_file():
         return
-    saved = _flatten(yaml.safe_load(path.read_text()) or {})
+    before = _flatten(yaml.safe_load(saved.read_text()) or {})
     current = _flatten(recipe.to_dict())
     free = {f"training.{name}" for name in HARDWARE_SETTINGS}
     changed = sorted(
-        k for k in set(saved) | set(current) if k not in free and saved.get(k) != current.get(k)
+        k for k in set(before) | set(current) if k not in free and before.get(k) != current.get(k)
     )
     if changed:
         raise ConfigError(
-            f"the recipe differs from the one {str(run.path)!r} was started with at {changed}",
+            f"the recipe differs from the one {str(where)!r} was started with at {changed}",
             "resume with the same recipe, or start over with --overwrite or another --out",
         )
 
@@ -204,7 +205,7 @@ def train(
     cfg = recipe.training
     acc = make_accelerator(cfg)
     if resume:
-        _check_resumable(RunDir(out_dir), recipe)
+        check_resumable(Path(out_dir) / "recipe.yaml", recipe, out_dir)
     run = open_run_dir(out_dir, acc, resume, overwrite)
     if acc.is_main_process:
         save_recipe(recipe, run / "recipe.yaml")
