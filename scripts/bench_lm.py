@@ -71,7 +71,6 @@ def main(argv: list[str] | None = None) -> int:
         sets = [
             "model.params.template=plain",  # st-lm's pre-training prompts: zero-shot is fair
             f"training.max_steps={args.steps}",
-            f"training.eval_every={args.steps}",
             f"model.params.test_windows={args.windows}",
             f"model.params.test_nodes={args.nodes}",
         ]

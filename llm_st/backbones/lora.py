@@ -246,6 +246,10 @@ def quantization_config(settings: LoraSettings) -> Any:
     """
     from transformers import BitsAndBytesConfig
 
+    # on a CPU with AVX512-BF16, bitsandbytes' import tries to fetch an inference kernel from
+    # the hub and warns when it cannot; llm-st keeps 4-bit layers on their differentiable
+    # path anyway (keep_4bit_layers_differentiable), so the warning only alarms users
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     if settings.quantize == "4bit":
         compute = resolve_compute_dtype(settings)
         storage = {"bnb_4bit_quant_storage": compute} if under_fsdp() else {}
