@@ -220,12 +220,14 @@ def add_run_arguments(
 
 def _cmd_finetune(args: argparse.Namespace) -> None:
     from llm_st.config import load_recipe
-    from llm_st.pipeline.finetune import finetune
+    from llm_st.pipeline.finetune import finetune, is_main_process
 
     recipe = load_recipe(args.recipe, args.set)
     metrics = finetune(
         recipe, args.out, resume=args.resume, overwrite=args.overwrite, merge=args.merge
     )
+    if not is_main_process():  # under torchrun / accelerate launch: one summary, not one each
+        return
     avg = metrics["test"]["avg"]
     print(
         f"{metrics['model']} ({recipe.model.backbone or {}}): test MAE {avg['mae']:.4f}  "

@@ -69,7 +69,8 @@ def run_bytes(run_dir: str | Path) -> int:
     return sum(f.stat().st_size for f in files if f.is_file())
 
 
-def _is_main_process() -> bool:
+def is_main_process() -> bool:
+    """Whether this is the main process of a distributed launch (or the only process)."""
     dist = torch.distributed
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
@@ -89,7 +90,7 @@ def finetune(
     """
     check_finetune_recipe(recipe)
     metrics = train(recipe, out_dir, resume=resume, overwrite=overwrite)
-    if _is_main_process():
+    if is_main_process():
         metrics["run_bytes"] = run_bytes(out_dir)
         if merge:
             target = Path(out_dir) / MERGED_DIR
