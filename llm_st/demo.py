@@ -360,6 +360,59 @@ def adapter_rows(task: ForecastTask, quick: bool, device: str = "auto") -> list[
     return rows
 
 
+def demo_results(rows: list[dict[str, Any]], dataset: str) -> Any:
+    """The demo's rows as a benchmark results table (:data:`llm_st.bench.runner.COLUMNS`),
+    so the report's figures draw them; the language-model rows, scored on a subset of the
+    test series, are a dataset of their own (``<dataset> (LM subset)``)."""
+    import pandas as pd
+
+    from llm_st.bench.runner import COLUMNS
+
+    records = []
+    for r in rows:
+        # rows that train report their time (training and their test); nothing trained: 0
+        trained = bool(r.get("trainable"))
+        subset = r.get("family") in ("zero-shot LLM", "fine-tuned LLM") or "LM subset" in r[
+            "method"
+        ]  # fmt: skip
+        for step, values in r["metrics"].items():
+            for metric, value in values.items():
+                records.append(
+                    {
+                        "dataset": f"{dataset} (LM subset)" if subset else dataset,
+                        "protocol": "full",
+                        "method": r["method"],
+                        "seed": 0,
+                        "horizon": HORIZON,
+                        "horizon_step": step,
+                        "metric": metric,
+                        "value": value,
+                        "trainable_params": r.get("trainable") or 0,
+                        "total_params": r.get("total"),
+                        "train_time_s": r.get("seconds") if trained else 0.0,
+                        "status": "done",
+                        "cell_id": r["method"],
+                    }
+                )
+    return pd.DataFrame(records, columns=list(COLUMNS))
+
+
+def demo_figures(rows: list[dict[str, Any]], dataset: str, out: Path) -> list[Path]:
+    """Error per horizon step and accuracy vs cost of the demo's rows, as the benchmark
+    report draws them, in ``out/figures/``."""
+    from llm_st.bench.plots import cost_plot, horizon_plot
+
+    table = demo_results(rows, dataset)
+    scales = {name: "original units: mph" for name in table["dataset"].unique()}
+    folder = out / "figures"
+    folder.mkdir(exist_ok=True)
+    drawn = [
+        horizon_plot(table, folder / "horizon_steps.png", scales=scales),
+        cost_plot(table, folder / "accuracy_vs_cost.png", scales=scales),
+    ]
+    return [p for p in drawn if p is not None]
+
+
 def default_out_dir() -> Path:
     """A new folder ``runs/demo-<time>`` under the working directory (never reused)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -441,6 +494,10 @@ def run_demo(
     print_fn("")
     print_fn(table)
     (out / "table.txt").write_text(table + "\n")
+    figures = demo_figures(rows, data.name, out)
     _use_best_run(rows, data, out, print_fn, device)
-    print_fn(f"\nwrote {out}/: table.txt, forecast.csv and one run directory per trained baseline")
+    print_fn(
+        f"\nwrote {out}/: table.txt, forecast.csv, figures/ ({', '.join(p.name for p in figures)})"
+        " and one run directory per trained model"
+    )
     return rows

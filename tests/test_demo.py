@@ -63,7 +63,13 @@ def test_demo_quick_table(tmp_path):
         "stid",
         "graph_wavenet",
         "text_lm-qlora",
+        "figures",
     }
+    # the report's figures of the demo's rows, printed where they are
+    figures = sorted(p.name for p in (out / "figures").iterdir())
+    assert figures == ["accuracy_vs_cost.png", "horizon_steps.png"]
+    assert all((out / "figures" / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in figures)
+    assert "horizon_steps.png" in table
     forecast = pd.read_csv(out / "forecast.csv")
     assert len(forecast) == 12 * 12 and forecast["mean"].between(0, 120).all()  # mph
     assert (out / "table.txt").read_text().startswith("method")
