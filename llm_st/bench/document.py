@@ -50,8 +50,10 @@ from llm_st.bench.report import (
     ablation_comparison,
     ablation_verdicts,
     adapter_verdict,
+    cell_text,
     count,
     higher_is_better,
+    is_missing,
     seed_stats,
 )
 from llm_st.bench.runner import CELL_FILE, PLAN_FILE, collect_results
@@ -112,17 +114,6 @@ def number(value: Any) -> str:
     return f"{v:.4g}"
 
 
-def _blank(value: Any) -> bool:
-    try:
-        return value is None or bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False
-
-
-def _text(value: Any) -> str:
-    return "" if _blank(value) else str(value)
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
@@ -158,7 +149,7 @@ def read_cell_facts(bench: Path, table: pd.DataFrame) -> dict[str, CellFacts]:
     """:class:`CellFacts` of every cell of the table (what its files hold)."""
     out = {}
     for row in table.drop_duplicates("cell_id").itertuples():
-        folder = bench / (_text(row.run_dir) or f"cells/{row.cell_id}")
+        folder = bench / (cell_text(row.run_dir) or f"cells/{row.cell_id}")
         cell = _read_json(folder / CELL_FILE)
         recipe = _read_yaml(folder / "recipe.yaml")
         model = recipe.get("model") or {}
@@ -512,14 +503,14 @@ def results_tables(report: _Report, stats: pd.DataFrame) -> None:
         for param in [None] if per_method else params:
             if per_method:
                 group = mine
-            elif _blank(param):
+            elif is_missing(param):
                 group = mine[mine["protocol_param"].isna()]
             else:
                 group = mine[mine["protocol_param"] == param]
             step = _step_of(group)
             group = group[group["horizon_step"] == step]
             metrics = _metrics_of(group)
-            if not _blank(param):
+            if not is_missing(param):
                 r.blocks.append(Heading(4, f"{protocol}: {param}"))
             steps = set(mine["horizon_step"].dropna()) - {"avg"}
             where = f"Scores at horizon step '{step}'"
@@ -543,7 +534,7 @@ def _results_table(
     head += ["metric scale"] if with_scale else []
     head += ["seeds", "trainable params", "train time (s)"]
     keys = ["dataset", "horizon", "method"]
-    group = group.assign(horizon=group["horizon"].map(_text))  # NA-free keys
+    group = group.assign(horizon=group["horizon"].map(cell_text))  # NA-free keys
     configs = group.drop_duplicates(keys)[keys + ["backbone_mode", "protocol_param"]]
     values = {
         (v["dataset"], v["horizon"], v["method"], v["metric"]): v for _, v in group.iterrows()
@@ -560,8 +551,8 @@ def _results_table(
     for c in configs.itertuples(index=False):
         first = None
         row = [c.dataset, *([c.horizon] if with_h else []), c.method]
-        row += [_text(c.protocol_param) or "-"] if with_param else []
-        row += [_text(c.backbone_mode) or "-"] if with_mode else []
+        row += [cell_text(c.protocol_param) or "-"] if with_param else []
+        row += [cell_text(c.backbone_mode) or "-"] if with_mode else []
         marks = [False] * len(row)
         seeds = 0
         for metric in metrics:
@@ -576,7 +567,7 @@ def _results_table(
             row.append(_cell(v["mean"], v["std"], int(v["seeds"]), scale))
             target = best.get((c.dataset, c.horizon, metric))
             marks.append(target is not None and v["mean"] == target)
-        params = None if first is None or _blank(first["trainable_params"]) else first
+        params = None if first is None or is_missing(first["trainable_params"]) else first
         row += [report.dataset(c.dataset).short()] if with_scale else []
         row += [
             str(seeds),
@@ -614,9 +605,9 @@ def ablation_section(report: _Report, stats: pd.DataFrame) -> None:
             continue
         found = True
         protocol, param, dataset, horizon = key
-        where = f"{dataset}, protocol {protocol}" + (f" ({param})" if _text(param) else "")
+        where = f"{dataset}, protocol {protocol}" + (f" ({param})" if cell_text(param) else "")
         several = avg[(avg["protocol"] == protocol) & (avg["dataset"] == dataset)]
-        if not _blank(horizon) and several["horizon"].nunique() > 1:
+        if not is_missing(horizon) and several["horizon"].nunique() > 1:
             where += f", horizon {int(horizon)}"
         r.blocks.append(Heading(3, where))
         by_model = {row["model"]: row for row in rows if row["mode"] == "pretrained"}
@@ -1037,11 +1028,12 @@ def failures_section(report: _Report) -> None:
         for row in bad.itertuples():
             kind = r.facts.get(row.cell_id)
             kind = kind.error_type if kind is not None else None
-            error = _text(row.error) or ("still running or interrupted" if row.status != "failed"
-                                         else "(no message)")  # fmt: skip
+            fallback = "still running or interrupted" if row.status != "failed" else "(no message)"
+            error = cell_text(row.error) or fallback
             rows.append(
-                [row.cell_id, _text(row.dataset), _text(row.protocol), _text(row.protocol_param),
-                 _text(row.method), _text(row.seed), _text(row.status),
+                [row.cell_id, cell_text(row.dataset), cell_text(row.protocol),
+                 cell_text(row.protocol_param), cell_text(row.method), cell_text(row.seed),
+                 cell_text(row.status),
                  f"{kind}: {error}" if kind else error]
             )  # fmt: skip
         r.blocks.append(Table(head, rows))

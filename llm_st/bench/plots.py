@@ -37,6 +37,8 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
 
+from llm_st.bench.report import cell_text, is_missing
+
 DPI = 110
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 METRIC_NAMES = {
@@ -88,17 +90,6 @@ def _shown(metric: str, values: Any) -> Any:
 
 def _wrap(text: str, width: int = 42) -> str:
     return "\n".join(textwrap.wrap(str(text), width, break_long_words=True)) or str(text)
-
-
-def _blank(value: Any) -> bool:
-    try:
-        return value is None or bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False
-
-
-def _text(value: Any) -> str:
-    return "" if _blank(value) else str(value)
 
 
 def _panels(n: int, ncols: int = 3, size: tuple[float, float] = (4.6, 3.4)) -> tuple[Figure, list]:
@@ -168,7 +159,7 @@ def param_value(param: Any) -> float | None:
     """The number a protocol parameter label stands for: ``0.1`` -> 0.1, ``rate=0.25`` ->
     0.25, ``drift=0.5,seed=1`` -> 0.5 (a key naming a rate, drift, level or fraction
     first, else the first number); None when it holds none."""
-    if _blank(param):
+    if is_missing(param):
         return None
     text = str(param).strip()
     try:
@@ -185,7 +176,7 @@ def param_value(param: Any) -> float | None:
 
 def _where(dataset: str, horizon: Any, several: bool) -> str:
     """A panel's dataset, with its horizon where the table has several for it."""
-    if several and not _blank(horizon):
+    if several and not is_missing(horizon):
         return f"{dataset} · horizon {int(horizon)}"
     return str(dataset)
 
@@ -253,7 +244,7 @@ def horizon_plot(
         ax.set_xlim(min(steps) - 0.5 * spacing, max(steps) + 0.5 * spacing)
         ax.set_xlabel("forecast step (steps after the cut-off)")
         ax.set_ylabel(metric_label(metric, (scales or {}).get(dataset)))
-        detail = _text(param) if _text(param) and _text(param) != dataset else ""
+        detail = cell_text(param) if cell_text(param) and cell_text(param) != dataset else ""
         title = f"{_where(dataset, horizon, several)} · {protocol}" + (
             f" {detail}" if detail else ""
         )

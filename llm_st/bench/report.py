@@ -295,13 +295,19 @@ def transfer_report(name: str, result: TransferResult, budget: Budget, seeds: in
     return "\n".join(lines)
 
 
-def _blank(value: Any) -> str:
-    """A table cell for a possibly missing value (None, NaN, pandas' NA)."""
+def is_missing(value: Any) -> bool:
+    """Whether a table value is missing (None, NaN, pandas' NA or NaT)."""
+    import pandas as pd
+
     try:
-        missing = value is None or bool(value != value)
-    except TypeError:  # pandas.NA refuses to be a bool
-        missing = True
-    return "" if missing else str(value)
+        return value is None or bool(pd.isna(value))
+    except (TypeError, ValueError):  # an array or another container: not one missing value
+        return False
+
+
+def cell_text(value: Any) -> str:
+    """A table cell: the value as text, empty where it is missing."""
+    return "" if is_missing(value) else str(value)
 
 
 def results_summary(table: Any, metric: str = "mae", step: str = "avg") -> str:
@@ -321,13 +327,13 @@ def results_summary(table: Any, metric: str = "mae", step: str = "avg") -> str:
         spread = f" ± {r.std:.4g}" if r.count > 1 else ""
         mark = "*" if r.mean == lowest and size > 1 else ""
         rows.append(
-            [r.protocol, _blank(r.protocol_param), r.dataset, _blank(r.horizon), r.method,
+            [r.protocol, cell_text(r.protocol_param), r.dataset, cell_text(r.horizon), r.method,
              f"{r.mean:.4g}{spread}{mark}", str(r.count)]
         )  # fmt: skip
     head = ["protocol", "param", "dataset", "horizon", "method", f"{step} {metric.upper()}"]
     out = [text_table([*head, "seeds"], rows)] if rows else ["no finished cell"]
     for r in table[table["status"] != "done"].drop_duplicates("cell_id").itertuples():
-        out.append(f"  {r.status}: {r.cell_id} {_blank(r.error)}".rstrip())
+        out.append(f"  {r.status}: {r.cell_id} {cell_text(r.error)}".rstrip())
     return "\n".join(out)
 
 

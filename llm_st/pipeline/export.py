@@ -26,7 +26,7 @@ from pathlib import Path
 
 from llm_st.backbones import merge_lora
 from llm_st.backbones.frozen import FrozenBackbone
-from llm_st.config import load_recipe, save_recipe
+from llm_st.config import save_recipe
 from llm_st.engine.artifacts import (
     DATA_ARRAYS,
     DATA_INFO,
@@ -36,7 +36,7 @@ from llm_st.engine.artifacts import (
 )
 from llm_st.errors import ConfigError, ModelLoadError
 from llm_st.models.registry import build_model
-from llm_st.pipeline.finetune import is_lm_recipe, merge_lm_run
+from llm_st.pipeline.finetune import is_lm_recipe, merge_lm_run, open_export
 
 BACKBONE_DIR = "backbone"
 COPIED = ("scaler.json", DATA_INFO, DATA_ARRAYS, "metrics.json")
@@ -52,15 +52,7 @@ def export_merged(run_dir: str | Path, out: str | Path) -> Path:
     ModelLoadError
         ``run_dir`` is not a finished run.
     """
-    run, out = Path(run_dir), Path(out)
-    if not (run / "recipe.yaml").is_file():
-        raise ModelLoadError(
-            f"{str(run)!r} has no recipe.yaml, so it is not a finished run of llm-st train",
-            "pass the --out directory of a finished llm-st train",
-        )
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"{str(out)!r} is not empty", "choose a new --out for the export")
-    recipe = load_recipe(run / "recipe.yaml")
+    run, out, recipe = open_export(run_dir, out)
     if is_lm_recipe(recipe):  # a fine-tuned LM: the merged LM itself is what is served
         return merge_lm_run(run, out)
     spec = dict(recipe.model.backbone or {})

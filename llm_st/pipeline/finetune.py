@@ -101,6 +101,27 @@ def finetune(
     return metrics
 
 
+def open_export(run_dir: str | Path, out: str | Path) -> tuple[Path, Path, Recipe]:
+    """``(run, out, recipe)`` of an export or merge of a finished run into ``out``.
+
+    Raises
+    ------
+    ModelLoadError
+        ``run_dir`` holds no ``recipe.yaml`` (not a finished run).
+    ConfigError
+        ``out`` exists and is not empty (nothing is overwritten).
+    """
+    run, out = Path(run_dir), Path(out)
+    if not (run / "recipe.yaml").is_file():
+        raise ModelLoadError(
+            f"{str(run)!r} has no recipe.yaml, so it is not a finished run",
+            "pass the --out directory of a finished llm-st train or llm-st finetune",
+        )
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{str(out)!r} is not empty", "choose a new --out for the export")
+    return run, out, load_recipe(run / "recipe.yaml")
+
+
 def merge_lm_run(run_dir: str | Path, out: str | Path) -> Path:
     """Write the fine-tuned LM of ``run_dir`` as a plain Hugging Face model to ``out``.
 
@@ -116,15 +137,7 @@ def merge_lm_run(run_dir: str | Path, out: str | Path) -> Path:
     ModelLoadError
         ``run_dir`` is not a finished run.
     """
-    run, out = Path(run_dir), Path(out)
-    if not (run / "recipe.yaml").is_file():
-        raise ModelLoadError(
-            f"{str(run)!r} has no recipe.yaml, so it is not a finished run",
-            "pass the --out directory of a finished llm-st finetune",
-        )
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"{str(out)!r} is not empty", "choose a new directory for the merge")
-    recipe = load_recipe(run / "recipe.yaml")
+    run, out, recipe = open_export(run_dir, out)
     check_finetune_recipe(recipe)
     if getattr(get_model_class(recipe.model.name), "needs_windows", False):
         raise ConfigError(
