@@ -15,6 +15,7 @@ import torch.nn.functional as F
 import llm_st.prompting.dataset as sft
 from llm_st.data.synthetic import synthetic_traffic
 from llm_st.data.task import prepare_task
+from llm_st.data.windows import pick_windows
 from llm_st.errors import ConfigError, DataError
 from llm_st.prompting import PromptBuilder, load_template
 from llm_st.prompting.context import window_histories
@@ -31,7 +32,6 @@ from llm_st.prompting.dataset import (
 )
 from llm_st.tokens.serialize import SerializerConfig, preset_for_tokenizer
 from llm_st.zeroshot.constrained import NumberConstraint, NumberGrammar
-from llm_st.zeroshot.forecaster import pick_windows
 
 pytest_plugins = ["conftest_prompt"]  # tiny-model fixtures
 

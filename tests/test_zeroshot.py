@@ -14,6 +14,7 @@ from llm_st.cli import main
 from llm_st.data.container import Adjacency, STData
 from llm_st.data.io import save_npz
 from llm_st.data.task import prepare_task
+from llm_st.data.windows import pick_windows
 from llm_st.demo import zero_shot_rows
 from llm_st.errors import ConfigError
 from llm_st.evaluation.evaluate import score_forecast
@@ -25,7 +26,7 @@ from llm_st.tokens.serialize import (
     preset_for_tokenizer,
     token_texts,
 )
-from llm_st.zeroshot import NumberConstraint, NumberGrammar, ZeroShotForecaster, pick_windows
+from llm_st.zeroshot import NumberConstraint, NumberGrammar, ZeroShotForecaster
 
 pytest_plugins = ["conftest_prompt"]  # tiny-model fixtures
 

@@ -23,13 +23,13 @@ import numpy as np
 from llm_st.config import load_recipe
 from llm_st.data import load
 from llm_st.data.task import ForecastTask, prepare_task
+from llm_st.data.windows import pick_windows
 from llm_st.engine import build_task, train
 from llm_st.evaluation.evaluate import evaluate_window_forecaster, score_forecast
 from llm_st.forecast import Forecast
 from llm_st.models.base import DataInfo
 from llm_st.models.registry import build_model
 from llm_st.pipeline import ForecastPipeline, evaluate_pipeline
-from llm_st.zeroshot.forecaster import pick_windows
 
 
 def node_subset(task: ForecastTask, max_nodes: int | None) -> ForecastTask:

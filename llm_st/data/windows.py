@@ -16,7 +16,7 @@ from llm_st.data.container import STData
 from llm_st.data.scalers import Scaler
 from llm_st.data.splits import Split
 from llm_st.data.timefeatures import time_features
-from llm_st.errors import DataError
+from llm_st.errors import ConfigError, DataError
 
 
 class WindowIndex:
@@ -135,3 +135,19 @@ class WindowDataset(torch.utils.data.Dataset):
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         # torch's DataLoader fetches a whole batch through this in one gather
         return self[indices]
+
+
+def pick_windows(num_windows: int, max_windows: int | None) -> np.ndarray:
+    """Indices of at most ``max_windows`` windows spread evenly over ``num_windows``.
+
+    All windows when ``max_windows`` is None or not smaller than ``num_windows``. The one
+    rule for every fixed subset that is evaluated or trained on (windows, and nodes too):
+    zero-shot and fine-tuned LMs decode, instruction datasets, pre-training checks.
+    """
+    if max_windows is None or max_windows >= num_windows:
+        return np.arange(num_windows)
+    if max_windows < 1:
+        raise ConfigError(
+            f"max_windows={max_windows} must be at least 1", "use e.g. --max-windows 8"
+        )
+    return np.unique(np.linspace(0, num_windows - 1, max_windows).round().astype(np.int64))

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from llm_st.data.task import ForecastTask
-from llm_st.data.windows import WindowDataset
+from llm_st.data.windows import WindowDataset, pick_windows
 from llm_st.errors import ConfigError, DataError
 from llm_st.forecast import Forecast
 from llm_st.metrics import MetricAccumulator, crps_from_samples
@@ -372,8 +372,8 @@ def evaluate_window_forecaster(
     nodes_limit = max_nodes if max_nodes is not None else nodes_limit
     rank, world = process_group(distributed)
     dataset = task.dataset(part, history)
-    chosen = _spread(len(dataset), windows_limit)
-    nodes = _spread(task.data.num_nodes, nodes_limit)
+    chosen = pick_windows(len(dataset), windows_limit)
+    nodes = pick_windows(task.data.num_nodes, nodes_limit)
     share = chosen[process_share(len(chosen), rank, world)]
     scorer = Scorer(task, horizons)
     valid = np.zeros(2)
@@ -390,13 +390,6 @@ def evaluate_window_forecaster(
     out["valid_fraction"] = float(valid[0] / max(valid[1], 1))
     out["num_nodes"] = len(nodes)
     return out
-
-
-def _spread(count: int, limit: int | None) -> np.ndarray:
-    """At most ``limit`` of ``range(count)``, evenly spread (all when None or not smaller)."""
-    if limit is None or limit >= count:
-        return np.arange(count)
-    return np.unique(np.linspace(0, count - 1, limit).round().astype(np.int64))
 
 
 @torch.no_grad()

@@ -24,10 +24,10 @@ from typing import Any
 import torch
 
 from llm_st.data.task import ForecastTask, prepare_task
+from llm_st.data.windows import pick_windows
 from llm_st.evaluation.evaluate import score_forecast
 from llm_st.forecast import Forecast
 from llm_st.pipeline.forecast import DataLike, ForecastPipeline, as_data
-from llm_st.zeroshot.forecaster import pick_windows
 
 
 def evaluate_pipeline(

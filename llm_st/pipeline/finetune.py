@@ -25,7 +25,6 @@ serving stacks and a further fine-tuning (``backbone.source``) load.
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from pathlib import Path
 from typing import Any
@@ -158,9 +157,3 @@ def merge_lm_run(run_dir: str | Path, out: str | Path) -> Path:
     lm.save_pretrained(str(out), safe_serialization=True)
     model.tokenizer.save_pretrained(str(out))
     return out
-
-
-def finetune_recipe_with(recipe: Recipe, **backbone: Any) -> Recipe:
-    """``recipe`` with fields of its ``model.backbone`` block replaced (e.g. ``source``)."""
-    spec = {**(recipe.model.backbone or {}), **backbone}
-    return dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, backbone=spec))

@@ -751,9 +751,9 @@ def heldout_scores(
         whose files are not found, ``{"skipped": reason}`` (logged as a warning).
     """
     from llm_st.data import load
+    from llm_st.data.windows import pick_windows
     from llm_st.pipeline.evaluate import evaluate_pipeline
     from llm_st.pipeline.forecast import ForecastPipeline
-    from llm_st.zeroshot.forecaster import pick_windows
 
     out: dict[str, Any] = {}
     for spec in config.datasets:

@@ -67,7 +67,7 @@ import torch
 
 from llm_st.data.container import STData
 from llm_st.data.task import ForecastTask
-from llm_st.data.windows import WindowDataset
+from llm_st.data.windows import WindowDataset, pick_windows
 from llm_st.errors import ConfigError, DataError
 from llm_st.prompting.context import PromptBuilder, window_histories
 from llm_st.prompting.templates import load_template
@@ -194,13 +194,6 @@ class SFTDataConfig:
 
 
 # ---------------------------------------------------------------------- helpers
-def _spread(n: int, k: int | None) -> np.ndarray:
-    """At most ``k`` of ``range(n)``, evenly spread (all when ``k`` is None or >= n)."""
-    if k is None or k >= n:
-        return np.arange(n, dtype=np.int64)
-    return np.unique(np.linspace(0, n - 1, k).round().astype(np.int64))
-
-
 def _resolve_max_length(config: SFTDataConfig, tokenizer: Any) -> int:
     if config.max_length is not None:
         return config.max_length
@@ -320,8 +313,8 @@ def _context(task: ForecastTask, part: str, tokenizer: Any, config: SFTDataConfi
 
 def _index_columns(ctx: _Context, num_windows: int) -> dict[str, np.ndarray]:
     """``window``, ``node``, ``channel`` of every row, window-major, node, channel."""
-    windows = _spread(num_windows, ctx.config.max_windows)
-    nodes = _spread(ctx.data.num_nodes, ctx.config.max_nodes)
+    windows = pick_windows(num_windows, ctx.config.max_windows)
+    nodes = pick_windows(ctx.data.num_nodes, ctx.config.max_nodes)
     channels = np.arange(ctx.data.num_channels, dtype=np.int64)
     per_window = len(nodes) * len(channels)
     return {

@@ -5,7 +5,6 @@ from llm_st.zeroshot.forecaster import (
     ZeroShotForecaster,
     auto_batch_size,
     decoding_bytes_per_sequence,
-    pick_windows,
 )
 
 __all__ = [
@@ -15,5 +14,4 @@ __all__ = [
     "ZeroShotForecaster",
     "auto_batch_size",
     "decoding_bytes_per_sequence",
-    "pick_windows",
 ]

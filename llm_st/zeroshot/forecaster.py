@@ -31,6 +31,7 @@ from transformers import GenerationConfig, LogitsProcessorList
 
 from llm_st.data.container import STData
 from llm_st.data.task import ForecastTask, prepare_task
+from llm_st.data.windows import pick_windows
 from llm_st.errors import ConfigError
 from llm_st.forecast import DEFAULT_QUANTILES, Forecast
 from llm_st.prompting.context import PromptBatch, PromptBuilder, node_indices
@@ -117,20 +118,6 @@ def auto_batch_size(
         model_config, dtype, prompt_tokens, new_tokens
     )
     return max(1, int(MEMORY_FRACTION * free_bytes) // per_series)
-
-
-def pick_windows(num_windows: int, max_windows: int | None) -> np.ndarray:
-    """Indices of at most ``max_windows`` windows spread evenly over ``num_windows``.
-
-    All windows when ``max_windows`` is None or not smaller than ``num_windows``.
-    """
-    if max_windows is None or max_windows >= num_windows:
-        return np.arange(num_windows)
-    if max_windows < 1:
-        raise ConfigError(
-            f"max_windows={max_windows} must be at least 1", "use e.g. --max-windows 8"
-        )
-    return np.unique(np.linspace(0, num_windows - 1, max_windows).round().astype(np.int64))
 
 
 class ZeroShotForecaster:
