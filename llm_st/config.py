@@ -33,6 +33,7 @@ SELECT_METRICS = ("val_loss", "val_mae")
 DEVICES = ("auto", "cpu", "cuda")
 SCALER_KEYS = ("kind", "axis", "use_mask")
 METRIC_SCALES = ("original", "normalized")
+SCALER_FITS = ("split", "trained")
 HARDWARE_SETTINGS = ("device", "compile", "micro_batch_size")
 """Training settings that say how a run computes, not what it computes: a resumed run may
 change them (results then differ by rounding only)."""
@@ -125,7 +126,12 @@ class DataConfig(_Section):
     )
     history: int = _help("input window length L (steps)", default=12)
     horizon: int = _help("forecast length H (steps)", default=12)
-    stride: int = _help("step between training windows (evaluation always uses 1)", default=1)
+    stride: int = _help("step between training windows (the test always uses 1)", default=1)
+    val_stride: int = _help(
+        "step between validation windows (a budget for slow models: early stopping and the "
+        "best weights judged on a subset, evenly spread); the test always scores every window",
+        default=1,
+    )
     ratios: list[float] | None = _help(
         "chronological train/val/test fractions; default: the dataset's protocol", default=None
     )
@@ -142,9 +148,16 @@ class DataConfig(_Section):
     )
     train_fraction: float | None = _help(
         "few-shot: train on the first fraction of the training windows only (0.05, 0.1: "
-        "the Time-LLM / GPT4TS few-shot setting), the scaler fit on those rows; validation "
-        "and test unchanged (see llm_st.data.splits.train_fraction_split); null: all",
+        "the Time-LLM / GPT4TS few-shot setting); validation and test unchanged (see "
+        "llm_st.data.splits.train_fraction_split); null: all",
         default=None,
+    )
+    scaler_fit: str = _help(
+        "rows the scaler is fit on with train_fraction: split (the whole training split, as "
+        "the papers' loaders: normalized metrics on the full setting's scale) or trained "
+        "(only the rows trained on: nothing of the dropped rows is used)",
+        default="split",
+        choices=SCALER_FITS,
     )
     horizons: list[int] | None = _help(
         "1-based horizon steps reported besides the average; default: those of 3, 6, 12 "
@@ -156,7 +169,7 @@ class DataConfig(_Section):
         _require(
             bool(self.spec), "data.spec is empty", "name a dataset, e.g. spec: synthetic-traffic"
         )
-        for name in ("history", "horizon", "stride"):
+        for name in ("history", "horizon", "stride", "val_stride"):
             value = getattr(self, name)
             _require(value >= 1, f"data.{name}={value} must be at least 1", f"set data.{name} >= 1")
         _require(

@@ -54,8 +54,10 @@ Protocols (:data:`PROTOCOLS`):
 - ``full``: the recipe as it is, the dataset's standard protocol (``docs/protocol.md``).
 - ``few_shot`` (``fraction``: a number or a list, e.g. 0.05 and 0.1): trains on the first
   fraction of the training windows (``data.train_fraction``; the Time-LLM / GPT4TS
-  few-shot tables), same validation and test as ``full``; the scaler is fit on the rows
-  trained on (see :func:`llm_st.data.task.prepare_task`).
+  few-shot tables), same validation and test as ``full``; the scaler is the full
+  setting's, fit on the whole training split as the papers' loaders do
+  (``data.scaler_fit: trained`` fits it on the rows trained on; see
+  :func:`llm_st.data.task.prepare_task`).
 - ``zero_shot_transfer`` (``source`` and ``target``, or ``pairs``; ``fit_scaler``, default
   false): trains on the source with the full protocol, then scores the trained run on the
   target's test windows without training; the inputs are scaled with the run's own scaler,
@@ -464,7 +466,7 @@ class Full(Protocol):
 class FewShot(Protocol):
     """Training on the first ``fraction`` of the training windows (``data.train_fraction``,
     see :func:`llm_st.data.splits.train_fraction_split`), the full protocol's validation and
-    test; the scaler is fit on the rows trained on."""
+    test; the scaler as ``data.scaler_fit`` says (default: the full setting's)."""
 
     name = "few_shot"
     params = {"fraction": REQUIRED}

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from llm_st.config import SCALER_FITS
 from llm_st.data.container import STData
 from llm_st.data.scalers import Scaler, make_scaler
 from llm_st.data.splits import Split, chronological_split, train_fraction_split
@@ -35,8 +36,15 @@ class ForecastTask:
     horizon: int
     stride: int = 1
     metric_scale: str = "original"
+    val_stride: int = 1
 
     def __post_init__(self) -> None:
+        for name in ("stride", "val_stride"):
+            if getattr(self, name) < 1:
+                raise ConfigError(
+                    f"{name}={getattr(self, name)} must be at least 1",
+                    "use 1 (every window) or a small prime such as 7 or 11",
+                )
         if self.metric_scale not in METRIC_SCALES:
             raise ConfigError(
                 f"unknown metric scale {self.metric_scale!r}",
@@ -44,8 +52,9 @@ class ForecastTask:
             )
 
     def index(self, part: str, history: int | None = None) -> WindowIndex:
-        """Windows with targets in ``part``: train every ``stride`` rows, evaluate every row."""
-        stride = self.stride if part == "train" else 1
+        """Windows with targets in ``part``: train every ``stride`` rows, validate every
+        ``val_stride`` rows (a budget: early stopping on a subset), test every row."""
+        stride = {"train": self.stride, "val": self.val_stride}.get(part, 1)
         return WindowIndex.for_split(
             self.data, self.split, part, history or self.history, self.horizon, stride
         )
@@ -73,6 +82,8 @@ def prepare_task(
     stride: int = 1,
     train_fraction: float | None = None,
     fitted_scaler: Scaler | None = None,
+    val_stride: int = 1,
+    scaler_fit: str = "split",
 ) -> ForecastTask:
     """Split ``data``, fit the scaler on the training rows (with the mask) and fix the windows.
 
@@ -81,10 +92,15 @@ def prepare_task(
     global z-score and metrics on the original scale.
 
     ``train_fraction`` (few-shot) keeps the first fraction of the training windows only
-    (:func:`~llm_st.data.splits.train_fraction_split`; validation and test unchanged), and
-    the scaler is fit on the rows kept, the rows trained on. The published Time-LLM and
-    GPT4TS loaders fit it on the whole training split instead, so their few-shot models see
-    the statistics of rows they do not train on; here nothing of the dropped rows is used.
+    (:func:`~llm_st.data.splits.train_fraction_split`; validation and test unchanged).
+    ``scaler_fit`` says which rows the scaler is fit on then: ``"split"`` (default) the
+    whole training split, as the published Time-LLM and GPT4TS loaders do, so normalized
+    metrics are on the same scale as the full setting's and the papers'; ``"trained"`` only
+    the rows trained on, so nothing of the dropped rows is used (its normalized metrics are
+    on another scale, not comparable with the full setting's).
+
+    ``val_stride``: validate (early stopping, best weights) on every ``val_stride``-th
+    validation window only, a budget for slow models; the test scores every window.
 
     ``fitted_scaler``: a scaler fit elsewhere (e.g. a trained run's, for zero-shot transfer
     to these data), used as it is: nothing is fit on ``data`` (``scaler`` is ignored).
@@ -94,9 +110,14 @@ def prepare_task(
         ratios, borders = protocol.get("ratios"), protocol.get("borders")
         if ratios is None and borders is None:
             ratios = (0.7, 0.1, 0.2)
-    split = chronological_split(data.num_steps, ratios=ratios, borders=borders)
+    if scaler_fit not in SCALER_FITS:
+        raise ConfigError(
+            f"unknown scaler_fit {scaler_fit!r}", f"use one of {', '.join(SCALER_FITS)}"
+        )
+    full = chronological_split(data.num_steps, ratios=ratios, borders=borders)
+    split = full
     if train_fraction is not None:
-        split = train_fraction_split(split, train_fraction, history)
+        split = train_fraction_split(full, train_fraction, history)
     if fitted_scaler is not None:
         fitted = fitted_scaler
     else:
@@ -105,7 +126,7 @@ def prepare_task(
         fitted = make_scaler(
             sc.get("kind", "standard"), sc.get("axis", "global"), sc.get("use_mask", True)
         )
-        train = data.time_slice(*split.train)
+        train = data.time_slice(*(full if scaler_fit == "split" else split).train)
         fitted.fit(train.values, train.mask)
     return ForecastTask(
         data=data,
@@ -115,4 +136,5 @@ def prepare_task(
         horizon=horizon,
         stride=stride,
         metric_scale=metric_scale or protocol.get("metric_scale", "original"),
+        val_stride=val_stride,
     )

@@ -43,6 +43,8 @@ def build_task(config: DataConfig, data: STData | None = None) -> ForecastTask:
         metric_scale=config.metric_scale,
         stride=config.stride,
         train_fraction=config.train_fraction,
+        val_stride=config.val_stride,
+        scaler_fit=config.scaler_fit,
     )
 
 
