@@ -23,7 +23,7 @@ import numpy as np
 from llm_st.backbones.hub import resolve_alias
 from llm_st.backbones.text_encoder import MINILM
 from llm_st.backbones.tiny import is_tiny
-from llm_st.bench.ablation import MODE_NOTES, run_modes, with_eval_stride
+from llm_st.bench.ablation import MODE_NOTES, run_modes
 from llm_st.bench.report import format_table
 from llm_st.config import DataConfig, ModelConfig, ObjectiveConfig, Recipe, TrainingConfig
 from llm_st.data import load
@@ -331,7 +331,7 @@ def adapter_rows(task: ForecastTask, quick: bool, device: str = "auto") -> list[
         DEMO_ADAPTER,
         DEMO_PARAMS,
         {"source": source, **DEMO_BACKBONE},
-        with_eval_stride(task, val_stride=DEMO_VAL_STRIDE),
+        dataclasses.replace(task, val_stride=DEMO_VAL_STRIDE),
         training,
         ("regression", {"loss": "mae"}),
         ("pretrained", "random_init", "llm2attn", "none"),

@@ -17,12 +17,8 @@ import torch
 
 from llm_st.backbones.ablations import BACKBONE_MODES
 from llm_st.backbones.hub import resolve_alias
-from llm_st.bench.ablation import (
-    Budget,
-    TransferBench,
-    takes_backbone_mode,
-    with_eval_stride,
-)
+from llm_st.bench.ablation import takes_backbone_mode
+from llm_st.bench.plan import Plan
 from llm_st.bench.report import ablation_verdicts
 from llm_st.config import load_recipe
 from llm_st.data.synthetic import synthetic_traffic
@@ -146,76 +142,49 @@ def test_minilm_name_resolves_to_its_directory():
     assert resolve_alias("tiny-gpt2") == "tiny-gpt2"
 
 
-def test_benchmark_plan_names_existing_recipes_and_valid_overrides():
-    plan = TransferBench.from_yaml(PLAN)
-    assert plan.modes == list(BACKBONE_MODES) and plan.backbone == {"source": "minilm"}
-    assert {d.name for d in plan.datasets} == {"ETTh1", "synthetic-traffic"}
-    for dataset in plan.datasets:
-        assert dataset.budget.max_steps is not None and dataset.budget.eval_stride > 1
-        for model in dataset.adapters + dataset.baselines:
-            path = ALIGNMENT / model / dataset.name / "config.yaml"
-            extra = [f"data.spec={dataset.spec}"] if dataset.spec else []
-            recipe = load_recipe(
-                path,
-                [
-                    *extra,
-                    *dataset.budget.overrides(model),
-                    *dataset.overrides.get(model, []),
-                    *plan.backbone_overrides(model, "tiny-llama"),
-                ],
-            )
-            assert recipe.training.max_steps == recipe.training.eval_every
-            assert recipe.training.max_steps == dataset.budget.max_steps
-            assert recipe.training.patience is None
-            assert recipe.data.stride == dataset.budget.stride
-            if model in ADAPTERS:  # the budget keeps fewer blocks of the language model
-                assert takes_backbone_mode(model)
-                assert recipe.model.backbone["num_layers"] == dataset.budget.num_layers
-                assert recipe.model.backbone["source"] == "tiny-llama"
-            else:  # the others keep their model as the recipe has it (STID's 3 layers too)
-                original = load_recipe(path).model
-                assert (recipe.model.params, recipe.model.backbone) == (
-                    original.params,
-                    original.backbone,
-                )
-        assert not takes_backbone_mode(dataset.baselines[0])
+def test_benchmark_plan_runs_every_adapter_in_every_mode_on_one_budget():
+    plan = Plan.load(PLAN)
+    cells = plan.cells()
+    by_dataset: dict[str, list] = {}
+    for cell in cells:
+        by_dataset.setdefault(cell.dataset, []).append(cell)
+    assert set(by_dataset) == {"ETTh1", "synthetic-traffic"}
+    for dataset, mine in by_dataset.items():
+        recipes = {c.method: plan.protocol(c.protocol).recipe(c) for c in mine}
+        for adapter in ADAPTERS:
+            modes = {recipes[m].model.backbone["mode"] for m in recipes if m.startswith(adapter)}
+            assert modes == set(BACKBONE_MODES), (dataset, adapter)
+        budgets = {
+            (r.training.max_steps, r.training.eval_every, r.training.patience,
+             r.training.batch_size, r.training.lr, r.data.stride, r.data.val_stride)
+            for r in recipes.values()
+        }  # fmt: skip
+        assert len(budgets) == 1  # every row of a table on the same budget
+        (budget,) = budgets
+        assert budget[0] == budget[1] and budget[2] is None and budget[6] > 1
+        for method, recipe in recipes.items():
+            if takes_backbone_mode(recipe.model.name):
+                assert recipe.model.backbone["num_layers"] == 2
+                assert recipe.model.backbone["source"] == "minilm"
+            else:  # the baselines keep their model as the recipe has it
+                original = load_recipe(ALIGNMENT / method / dataset / "config.yaml").model
+                assert recipe.model.params == original.params
+    assert {c.method for c in by_dataset["ETTh1"]} >= {"dlinear", "patchtst"}
+    assert "stid" in {c.method for c in by_dataset["synthetic-traffic"]}
 
 
-def test_budget_overrides_and_contradictions():
-    budget = Budget(max_steps=30, batch_size=8, stride=4, num_layers=2, lr=1e-3)
-    assert budget.overrides("dlinear") == [
-        "data.stride=4",
-        "training.batch_size=8",
-        "training.max_steps=30",
-        "training.eval_every=30",
-        "training.patience=null",
-        "training.lr=0.001",
-    ]
-    assert budget.overrides("gpt4ts")[-1] == "model.backbone.num_layers=2"
-    assert budget.overrides("visionts") == budget.overrides("dlinear")  # its MAE is used whole
-    assert budget.overrides("stid") == budget.overrides("dlinear")  # its num_layers is no backbone
-    epochs = Budget(max_steps=None, epochs=3, batch_size=8)
-    assert "training.epochs=3" in epochs.overrides("stid")
-    assert "training.max_steps=null" in epochs.overrides("stid")
-    with pytest.raises(ConfigError, match="set exactly one"):
-        Budget(max_steps=10, epochs=2, batch_size=8)
-    with pytest.raises(ConfigError, match="eval_stride=0"):
-        Budget(max_steps=10, batch_size=8, eval_stride=0)
-
-
-def test_eval_stride_scores_every_kth_window_of_the_same_split():
+def test_val_stride_validates_on_every_kth_window_and_tests_on_all():
     data = synthetic_traffic(num_nodes=4, num_days=3, seed=1)
     task = prepare_task(data, 12, 12, stride=5)
-    strided = with_eval_stride(task, val_stride=3, test_stride=7)
-    for part, k in (("train", 5), ("val", 3), ("test", 7)):
-        full = (
-            task.index(part).starts
-            if part != "train"
-            else prepare_task(data, 12, 12).index("train").starts
-        )
-        np.testing.assert_array_equal(strided.index(part).starts, full[::k])
-    assert strided.scaler is task.scaler and strided.split == task.split
-    assert with_eval_stride(task) is task
+    strided = prepare_task(data, 12, 12, stride=5, val_stride=3)
+    np.testing.assert_array_equal(strided.index("val").starts, task.index("val").starts[::3])
+    np.testing.assert_array_equal(strided.index("test").starts, task.index("test").starts)
+    np.testing.assert_array_equal(
+        strided.index("train").starts, prepare_task(data, 12, 12).index("train").starts[::5]
+    )
+    assert len(strided.index("val").starts) == math.ceil(len(task.index("val").starts) / 3)
+    with pytest.raises(ConfigError, match="val_stride=0"):
+        prepare_task(data, 12, 12, val_stride=0)
 
 
 def test_verdicts_compare_each_ablation_with_the_pretrained_run():

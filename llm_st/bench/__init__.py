@@ -1,10 +1,10 @@
-"""Comparisons under one protocol: runners, budgets, seed averages and the report tables.
+"""Comparisons under one protocol: the plan runner, its protocols, the report and its tables.
 
-- :mod:`~llm_st.bench.ablation`: transfer adapters beside Tan et al.'s ablations, on a
-  shared budget (:func:`~llm_st.bench.ablation.run_transfer_dataset`);
-- :mod:`~llm_st.bench.baselines`: the primitive baselines on their standard recipes,
-  every seed a run directory;
-- :mod:`~llm_st.bench.seeds`: the one average over seeds both use;
+- :mod:`~llm_st.bench.plan` and :mod:`~llm_st.bench.runner`: ``llm-st bench PLAN``, every
+  comparison (methods x datasets x protocols x seeds), each cell an engine run directory,
+  one results table; :mod:`~llm_st.bench.protocols`: shift, imputation, anomaly;
+- :mod:`~llm_st.bench.ablation`: Tan et al.'s backbone ablations of an adapter on a task
+  in memory (the demo's; plans name them as methods with a ``backbone_mode``);
 - :mod:`~llm_st.bench.recipes`: where the standard recipes are;
 - :mod:`~llm_st.bench.published`: the published figures printed beside ours;
 - :mod:`~llm_st.bench.decoding`: zero-shot decoding throughput, the batched constrained

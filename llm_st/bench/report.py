@@ -8,15 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
-
-from llm_st.bench.published import PUBLISHED
-
-if TYPE_CHECKING:
-    from llm_st.bench.ablation import Budget, TransferResult
-    from llm_st.bench.baselines import BaselineResult
-
-GRAPH_KEYS = ("h3", "h6", "h12", "avg")
+from typing import Any
 
 
 def _fmt(value: float | None, pct: bool = False) -> str:
@@ -83,170 +75,6 @@ def gap(value: float, reference: float) -> str:
     return f"{100 * (value / reference - 1):+.1f}%"
 
 
-def _mean_std(row: dict[str, Any], key: str, metric: str, digits: int = 3) -> str:
-    mean, std = row["test"][key][metric], row["test_std"][key][metric]
-    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if row["seeds"] > 1 else "")
-
-
-def ett_table(dataset: str, rows: Sequence[dict[str, Any]]) -> str:
-    """Normalized-scale baseline rows (from :func:`llm_st.bench.baselines.run_baselines`):
-    average MSE / MAE (± the std over seeds), the figures of
-    :data:`~llm_st.bench.published.PUBLISHED` and the :func:`gap` to them, epochs run (and
-    the best, of the first seed), training time and trainable parameters."""
-    head = [
-        "model",
-        "MSE",
-        "MAE",
-        "published",
-        "gap MSE",
-        "gap MAE",
-        "epochs (best)",
-        "train time",
-        "trainable",
-    ]
-    body = []
-    for r in rows:
-        avg = r["test"]["avg"]
-        ref = PUBLISHED.get((dataset, r["model"]))
-        body.append(
-            [
-                r["model"],
-                _mean_std(r, "avg", "mse"),
-                _mean_std(r, "avg", "mae"),
-                "-" if ref is None else f"{ref[0]:.3f} / {ref[1]:.3f}",
-                *(
-                    ["-", "-"]
-                    if ref is None
-                    else [gap(avg["mse"], ref[0]), gap(avg["mae"], ref[1])]
-                ),
-                f"{r['epochs']} ({r['best_epoch']})",
-                f"{r['train_time_s']:.0f}s",
-                str(r["params"]["trainable"]),
-            ]
-        )
-    return text_table(head, body)
-
-
-def graph_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Original-scale baseline rows (from :func:`llm_st.bench.baselines.run_baselines`) by
-    :func:`format_table` at :data:`GRAPH_KEYS`, with the std over seeds as notes, then
-    every model's average MAE relative to ``last_value`` and ``historical_average``."""
-    table = []
-    for r in rows:
-        note = None
-        if r["seeds"] > 1:
-            std = r["test_std"]
-            note = f"std of MAE/RMSE over {r['seeds']} seeds: " + ", ".join(
-                f"{k} {std[k]['mae']:.3f}/{std[k]['rmse']:.3f}" for k in GRAPH_KEYS if k in std
-            )
-        learned = r["learned"]
-        table.append(
-            {
-                "method": r["model"],
-                "metrics": r["test"],
-                "note": note,
-                "family": f"{r['epochs']} ep (best {r['best_epoch']})"
-                if learned
-                else "not learned",
-                "trainable": r["params"]["trainable"],
-                "total": r["params"]["total"],
-                "seconds": r["train_time_s"] if learned else r["total_time_s"],
-            }
-        )
-    text = format_table(table, GRAPH_KEYS)
-    mae = {r["model"]: r["test"]["avg"]["mae"] for r in rows}
-    for ref in ("last_value", "historical_average"):
-        if ref in mae:
-            text += f"\navg MAE vs {ref}: " + ", ".join(
-                f"{m} {gap(v, mae[ref])}" for m, v in mae.items() if m != ref
-            )
-    return text
-
-
-def baseline_report(result: BaselineResult) -> str:
-    """One dataset of the baseline benchmark: a caption (history, horizon, test windows,
-    metric scale) and its :func:`ett_table` or :func:`graph_table`; or why it was skipped."""
-    if result.skipped:
-        return f"== {result.dataset}: {result.skipped}"
-    rows, first = result.rows, result.rows[0]
-    history = min(r["history"] for r in rows)
-    longer = [r["model"] for r in rows if r["history"] > history]
-    normalized = first["metric_scale"] == "normalized"
-    caption = (
-        f"== {result.dataset}: history {history}"
-        + (f" ({', '.join(longer)}: one day)" if longer else "")
-        + f" -> horizon {first['horizon']}, {first['num_test_windows']} test windows, "
-        f"metrics on the {first['metric_scale']} scale; time: training (learned) or fit + "
-        "test (not learned)"
-    )
-    return caption + "\n" + (ett_table(result.dataset, rows) if normalized else graph_table(rows))
-
-
-def _figure(value: float | None) -> str:
-    """Two significant digits below 10, whole numbers above."""
-    if value is None:
-        return "-"
-    return f"{value:.2g}" if value < 10 else f"{value:.0f}"
-
-
-def ablation_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The rows of one dataset (from :func:`~llm_st.bench.seeds.mean_over_seeds`) as a
-    text table.
-
-    Normalized-scale rows (long-term series) show MSE / MAE at the average over the
-    horizon; original-scale rows (ST graphs) MAE / RMSE / MAPE at each reported horizon
-    and on average. Each row also shows parameters and costs.
-    """
-    normalized = rows[0]["metric_scale"] == "normalized"
-    keys = ["avg"] if normalized else [k for k in rows[0]["test"] if k != "avg"] + ["avg"]
-
-    def cell(row: dict[str, Any], key: str, metric: str, pct: bool = False) -> str:
-        value = row["test"][key][metric]
-        std = row.get("test_std", {}).get(key, {}).get(metric, 0.0)
-        scale, digits = (100.0, 2) if pct else (1.0, 3 if normalized else 2)
-        text = f"{scale * value:.{digits}f}" + ("%" if pct else "")
-        return text + (f"±{scale * std:.{digits}f}" if row.get("seeds", 1) > 1 else "")
-
-    if normalized:
-        metric_head = ["MSE", "MAE"]
-    else:
-        metric_head = [f"{k} MAE/RMSE/MAPE" for k in keys]
-    head = [
-        "model",
-        "mode",
-        *metric_head,
-        "trainable",
-        "total",
-        "steps",
-        "s/epoch",
-        "samples/s",
-        "time",
-    ]
-    body = []
-    for r in rows:
-        if normalized:
-            metrics = [cell(r, "avg", "mse"), cell(r, "avg", "mae")]
-        else:
-            metrics = [
-                " / ".join((cell(r, k, "mae"), cell(r, k, "rmse"), cell(r, k, "mape", pct=True)))
-                for k in keys
-            ]
-        body.append(
-            [
-                r["model"],
-                r["mode"] or "-",
-                *metrics,
-                count(r["trainable"]),
-                count(r["total"]),
-                str(r["steps"]),
-                _figure(r["time_per_epoch_s"]),
-                _figure(r["samples_per_s"]),
-                f"{r['seconds']:.0f}s",
-            ]
-        )
-    return text_table(head, body)
-
-
 def ablation_verdicts(rows: Sequence[dict[str, Any]]) -> list[str]:
     """One line per adapter: each ablation's test error relative to the pretrained run.
 
@@ -270,29 +98,6 @@ def ablation_verdicts(rows: Sequence[dict[str, Any]]) -> list[str]:
             f"{model}: test {metric.upper()} vs pretrained: {', '.join(changes)}; best: {best}"
         )
     return lines
-
-
-def transfer_report(name: str, result: TransferResult, budget: Budget, seeds: int) -> str:
-    """One dataset of the transfer benchmark: a caption (windows, budget strides, metric
-    scale), its :func:`ablation_table`, the :func:`ablation_verdicts` and, on the
-    normalized scale, the figures of :data:`~llm_st.bench.published.PUBLISHED` for it."""
-    first, task = result.rows[0], result.task
-    lines = [
-        f"{name}: history {task.history} -> horizon {task.horizon}, "
-        f"{len(task.dataset('train'))} training windows (stride {budget.stride}), "
-        f"{len(task.dataset('val'))} validation and {first['num_test_windows']} test "
-        f"windows (one in {budget.eval_stride}), metrics on the {first['metric_scale']} "
-        f"scale, {seeds} seed(s)",
-        ablation_table(result.rows),
-        *(f"  {line}" for line in ablation_verdicts(result.rows)),
-    ]
-    published = {m: ref for (d, m), ref in PUBLISHED.items() if d == name}
-    if first["metric_scale"] == "normalized" and published:
-        lines.append(
-            "  published (full training; GPT-2 / LLaMA-7B backbones): "
-            + ", ".join(f"{m} {mse:.3f}/{mae:.3f}" for m, (mse, mae) in published.items())
-        )
-    return "\n".join(lines)
 
 
 def is_missing(value: Any) -> bool:
