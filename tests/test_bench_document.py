@@ -33,6 +33,7 @@ from llm_st.bench.document import (
     write_report,
 )
 from llm_st.bench.plan import Plan
+from llm_st.bench.published import published
 from llm_st.bench.report import ablation_comparison, adapter_verdict
 from llm_st.bench.runner import COLUMNS, run_plan
 from llm_st.errors import ConfigError
@@ -475,3 +476,48 @@ def test_an_empty_or_missing_folder(tmp_path):
     assert set(files) == {"markdown", "html"} and "Skipped: no finished cell." in md
     with pytest.raises(ConfigError, match="does not exist"):
         write_report(tmp_path / "nothing")
+
+
+def test_published_figures_stand_beside_the_rows_they_were_measured_for(tmp_path):
+    rows = []
+    fit = "ETTh1->ETTh2 (scaler fit on target)"
+    settings = [("few_shot", fraction, "ETTh1") for fraction in ("0.1", "0.05")]
+    settings += [("zero_shot_transfer", p, "ETTh1->ETTh2") for p in (fit, "ETTh1->ETTh2")]
+    configs = [
+        (protocol, param, dataset, method, mse)
+        for protocol, param, dataset in settings
+        for method, mse in (("dlinear", 0.6), ("patchtst", 0.5), ("gpt4ts-none", 0.7))
+    ]
+    for protocol, param, dataset, method, mse in configs:
+        for seed in (0, 1):
+            cid = f"{protocol}-{param}-{method}-s{seed}"
+            for metric, value in (("mse", mse + 0.01 * seed), ("mae", mse / 2)):
+                rows.append(dict(
+                    dataset=dataset, protocol=protocol, protocol_param=param, method=method,
+                    backbone_mode=None, seed=seed, horizon=96, horizon_step="avg",
+                    metric=metric, value=value, trainable_params=10, total_params=10,
+                    train_time_s=1.0, peak_memory_mb=1.0, tokens_processed=None,
+                    status="done", cell_id=cid, run_dir=f"cells/{cid}", error=None,
+                ))  # fmt: skip
+    table = pd.DataFrame(rows, columns=list(COLUMNS))
+    for name in ("seed", "horizon", "trainable_params", "total_params", "tokens_processed"):
+        table[name] = table[name].astype("Int64")
+    table.to_parquet(tmp_path / "results.parquet", index=False)
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump({"name": "pub", "datasets": ["ETTh1"]}))
+    md = write_report(tmp_path, predict=False)["markdown"].read_text()
+    tables = {t["heading"].get(4, t["heading"][3]): t for t in results_of(parse_markdown(md))}
+    column = {}
+    for name, t in tables.items():
+        assert t["head"][-1] == "published MSE / MAE" or name.endswith("ETTh1->ETTh2")
+        for row in t["rows"]:
+            column[(name, row[1])] = row[-1]
+    # One Fits All's 10 % few-shot table (DLinear 0.492 / 0.495), its 5 % (PatchTST)
+    assert column[("few_shot: 0.1", "dlinear")] == "0.492 / 0.495"
+    assert column[("few_shot: 0.1", "gpt4ts-none")] == "-"  # an ablation: nothing published
+    assert column[("few_shot: 0.05", "patchtst")] == "0.557 / 0.519"
+    # Time-LLM's zero-shot table, only where the scaler is the target's (the papers' scale)
+    assert column[(f"zero_shot_transfer: {fit}", "patchtst")] == "0.304 / 0.350"
+    assert "published MSE / MAE" not in tables["zero_shot_transfer: ETTh1->ETTh2"]["head"]
+    assert "patchtst: One Fits All, few-shot table." in md
+    assert published("long_horizon", "ETTh1", "gpt4ts", 96).mse == 0.376  # full's figure
+    assert published("long_horizon", "ETTh1", "gpt4ts", 192) is None

@@ -44,6 +44,7 @@ import yaml
 
 from llm_st.bench import plots
 from llm_st.bench.machine import describe_machine
+from llm_st.bench.published import Published, published
 from llm_st.bench.report import (
     MAIN_METRICS,
     STAT_KEYS,
@@ -517,12 +518,41 @@ def results_tables(report: _Report, stats: pd.DataFrame) -> None:
             if step == "avg" and steps:
                 where += " (the mean over the forecast steps; each step in the figures)"
             r.blocks.append(Para(where + "."))
-            r.blocks.append(_results_table(report, group.copy(), metrics, per_method))
+            block, refs = _results_table(report, group.copy(), metrics, per_method)
+            r.blocks.append(block)
+            if refs:
+                r.blocks.append(
+                    Para(
+                        "Published (normalized test MSE / MAE; not re-run here, so read the "
+                        "setting): "
+                        + "; ".join(
+                            f"{e.method}: {e.source}" + (f" ({e.setting})" if e.setting else "")
+                            for e in refs
+                        )
+                        + "."
+                    )
+                )
+
+
+def _published_for(group: pd.DataFrame) -> dict[tuple[str, str, str], Published]:
+    """The published figures of the rows of one results table, by (dataset, horizon,
+    method): transfer rows only when the scaler was fit on the target (the papers' scale)."""
+    out = {}
+    for v in group.drop_duplicates(["dataset", "horizon", "method"]).itertuples(index=False):
+        param = None if is_missing(v.protocol_param) else str(v.protocol_param)
+        if v.protocol == "zero_shot_transfer" and "scaler fit on target" not in (param or ""):
+            continue
+        horizon = None if is_missing(v.horizon) else int(float(v.horizon))
+        entry = published(v.protocol, v.dataset, v.method, horizon, param)
+        if entry is not None:
+            out[(v.dataset, cell_text(v.horizon), v.method)] = entry
+    return out
 
 
 def _results_table(
     report: _Report, group: pd.DataFrame, metrics: list[str], with_param: bool = False
-) -> Table:
+) -> tuple[Table, list[Published]]:
+    """The table of one protocol setting, and the published figures it shows."""
     horizons = group["horizon"].dropna().unique()
     with_h = len(horizons) > 1
     with_mode = group["backbone_mode"].notna().any()
@@ -534,6 +564,8 @@ def _results_table(
     head += ["metric scale"] if with_scale else []
     head += ["seeds", "trainable params", "train time (s)"]
     keys = ["dataset", "horizon", "method"]
+    refs = _published_for(group)
+    head += ["published MSE / MAE"] if refs else []
     group = group.assign(horizon=group["horizon"].map(cell_text))  # NA-free keys
     configs = group.drop_duplicates(keys)[keys + ["backbone_mode", "protocol_param"]]
     values = {
@@ -575,10 +607,13 @@ def _results_table(
             "-" if first is None or not _finite(first["train_time_s"])
             else f"{float(first['train_time_s']):.3g}",
         ]  # fmt: skip
+        if refs:
+            ref = refs.get((c.dataset, c.horizon, c.method))
+            row.append("-" if ref is None else f"{ref.mse:.3f} / {ref.mae:.3f}")
         marks += [False] * (len(row) - len(marks))
         rows.append(row)
         bold.append(marks)
-    return Table(head, rows, bold)
+    return Table(head, rows, bold), list(dict.fromkeys(refs.values()))
 
 
 def ablation_section(report: _Report, stats: pd.DataFrame) -> None:
