@@ -7,17 +7,24 @@ and several worker processes give the results of one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 import llm_st.bench.plan as plan_mod
 from llm_st.bench.plan import PROTOCOLS, Cell, Plan, Protocol
-from llm_st.bench.runner import COLUMNS, collect_results, describe_cell, run_plan
+from llm_st.bench.runner import COLUMNS, collect_results, describe_cell, read_cell, run_plan
 from llm_st.data.scalers import Scaler, make_scaler
 from llm_st.data.splits import Split, train_fraction_split
 from llm_st.engine import build_task
@@ -295,10 +302,14 @@ def test_failures_and_interruptions_resume_only_what_did_not_finish(tmp_path, mo
         assert files_of(tmp_path / "cells" / ids[key]) == files
 
 
-def test_only_selects_cells_by_pattern(tmp_path):
+def test_only_selects_cells_by_pattern(tmp_path, capsys):
     plan = small_plan()
-    table = run_plan(plan, tmp_path, only="*last_value_s1*", progress=False)
-    assert set(table.method) == {"last_value"} and set(table.seed) == {1}
+    table = run_plan(plan, tmp_path, only="*last_value_s*", progress=True)
+    assert set(table.method) == {"last_value"} and set(table.seed) == {0, 1}
+    # not a terminal: one progress line per finished cell instead of a bar
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[")]
+    ids = sorted(table.cell_id.unique())
+    assert sorted(re.match(r"\[\d/2\] (\S+): done \(\d+ s\)$", x).group(1) for x in lines) == ids
     with pytest.raises(ConfigError, match="matches none"):
         run_plan(plan, tmp_path / "other", only="*nothing*", progress=False)
 
@@ -363,13 +374,17 @@ def test_few_shot_trains_on_the_first_windows_with_full_validation_and_test(smok
     assert starts.max() + HISTORY + HORIZON == keep  # the last target row is keep - 1
     for part in ("val", "test"):
         np.testing.assert_array_equal(task_few.index(part).starts, task_full.index(part).starts)
-    # the scaler is fit on the rows trained on, and the run saved that scaler
-    data = task_few.data.time_slice(0, keep)
-    expected = make_scaler("standard", "global", True).fit(data.values, data.mask)
+    # the scaler is the full setting's (fit on the whole training split, as the papers'
+    # loaders), and the run saved it; scaler_fit=trained fits it on the rows trained on
     saved = Scaler.load(out / "cells" / few.cell_id / "scaler.json")
     for scaler in (task_few.scaler, saved):
-        np.testing.assert_allclose(scaler.shift, expected.shift)
-        np.testing.assert_allclose(scaler.scale, expected.scale)
+        np.testing.assert_allclose(scaler.shift, task_full.scaler.shift)
+        np.testing.assert_allclose(scaler.scale, task_full.scaler.scale)
+    strict = dataclasses.replace(plan.protocol("few_shot").recipe(few).data, scaler_fit="trained")
+    data = task_few.data.time_slice(0, keep)
+    expected = make_scaler("standard", "global", True).fit(data.values, data.mask)
+    np.testing.assert_allclose(build_task(strict).scaler.shift, expected.shift)
+    np.testing.assert_allclose(build_task(strict).scaler.scale, expected.scale)
     assert not np.allclose(task_full.scaler.shift, expected.shift)
     # the run itself: the full protocol's test windows, a few training batches
     few_metrics = json.loads((out / "cells" / few.cell_id / "metrics.json").read_text())
@@ -412,3 +427,72 @@ def test_two_workers_give_the_results_of_one(smoke, tmp_path):
     two = run_plan(plan, tmp_path, workers=2, progress=False)
     keep = ["cell_id", "horizon_step", "metric", "value", "trainable_params", "status"]
     pd.testing.assert_frame_equal(two[keep], table[keep])
+
+
+def _children(pid: int) -> set[int]:
+    """Process ids whose parent is ``pid`` (Linux /proc)."""
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.add(int(stat.parent.name))
+    return out
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return f"{pid} (gone)"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_sigterm_stops_the_worker_processes(tmp_path):
+    plan = small_plan(methods=("dlinear",))
+    raw = plan.to_dict()
+    raw["budget"] = {
+        **raw["budget"],
+        "training.max_steps": 100000,
+        "training.eval_every": None,
+        "training.epochs": 100000,
+    }  # fmt: skip  (runs until stopped)
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "llm_st.cli", "bench", str(plan_file), "--out", str(out),
+           "--workers", "2"]  # fmt: skip
+    bench = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        states = [read_cell(d) for d in (out / "cells").glob("*")] if out.exists() else []
+        if len(states) == 2 and all(s and s["status"] == "running" for s in states):
+            break
+        time.sleep(0.5)
+    else:
+        bench.kill()
+        pytest.fail("the two cells did not start: " + bench.stderr.read())
+    workers = _children(bench.pid)
+    assert len(workers) >= 2  # the two cell processes (and the resource tracker)
+    bench.send_signal(signal.SIGTERM)
+    assert bench.wait(timeout=60) != 0
+    alive = workers
+    for _ in range(50):  # a terminated worker may take a moment to exit
+        alive = [p for p in alive if _running(p)]
+        if not alive:
+            break
+        time.sleep(0.2)
+    assert [_cmdline(p) for p in alive] == []  # no worker runs on without its parent
+    # the cells stay unfinished (a resume runs them again) and the results are written
+    assert {read_cell(d)["status"] for d in (out / "cells").glob("*")} == {"running"}
+    assert set(pd.read_csv(out / "results.csv").status) == {"running"}

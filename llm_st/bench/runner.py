@@ -20,16 +20,19 @@ non-empty ``out_dir`` is refused.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import fnmatch
 import json
 import logging
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -256,15 +259,17 @@ def run_plan(
         ``torch.set_num_threads(max(1, cores // workers))``; 1 runs them in this process.
         Every cell is seeded by its own seed, so results do not depend on it.
     progress
-        A progress bar over the cells (on a terminal).
+        A progress bar over the cells on a terminal; elsewhere (a log file) one line per
+        finished cell on stderr.
     on_cell_done
         Called in this process with the cell and its ``cell.json`` content after each
         finished (done or failed) cell.
 
     Every cell's recipe is resolved before any runs: a recipe error raises a ConfigError
     naming the cell. A cell that fails while running is recorded and the others go on.
-    An interruption (KeyboardInterrupt) leaves the running cells unfinished; the results
-    of the finished ones are written before it propagates.
+    An interruption (KeyboardInterrupt, or SIGTERM as SystemExit) stops the worker
+    processes and leaves the running cells unfinished; the results of the finished ones
+    are written before it propagates.
 
     Peak memory: the engine's per-run CUDA peak on a GPU; on the CPU the process's peak
     resident memory, which with several cells per process is that of all the cells it
@@ -317,21 +322,48 @@ def run_plan(
         bar.update(1)
         bar.set_postfix_str(f"{cell.cell_id}: {status['status']}", refresh=False)
         logger.info("cell %s: %s (%.1f s)", cell.cell_id, status["status"], status["seconds"])
+        if progress and bar.disable:  # not a terminal (a log file): one line per cell
+            print(
+                f"[{bar.n}/{len(todo)}] {cell.cell_id}: {status['status']} "
+                f"({status['seconds']:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
         if on_cell_done is not None:
             on_cell_done(cell, status)
 
     try:
-        if workers == 1 or len(todo) <= 1:
-            for cell, info in todo:
-                finished(cell, run_cell(plan, cell, info, out))
-        else:
-            _run_in_pool(plan, todo, out, workers, finished)
-    except KeyboardInterrupt:
+        with _stop_on_sigterm():
+            if workers == 1 or len(todo) <= 1:
+                for cell, info in todo:
+                    finished(cell, run_cell(plan, cell, info, out))
+            else:
+                _run_in_pool(plan, todo, out, workers, finished)
+    except (KeyboardInterrupt, SystemExit):
         bar.close()
         collect_results(out, write=True)
         raise
     bar.close()
     return collect_results(out, write=True)
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM (``kill``, a job scheduler's stop) raises SystemExit in the main thread, so
+    the worker processes are stopped and the results written as on Ctrl-C, instead of the
+    workers running on without their parent."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_in_pool(
