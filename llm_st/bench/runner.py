@@ -318,14 +318,16 @@ def run_plan(
         disable=not (progress and sys.stderr.isatty()) or not todo,
     )
 
+    count = iter(range(1, len(todo) + 1))
+
     def finished(cell: Cell, status: dict[str, Any]) -> None:
+        k = next(count)
         bar.update(1)
         bar.set_postfix_str(f"{cell.cell_id}: {status['status']}", refresh=False)
         logger.info("cell %s: %s (%.1f s)", cell.cell_id, status["status"], status["seconds"])
         if progress and bar.disable:  # not a terminal (a log file): one line per cell
             print(
-                f"[{bar.n}/{len(todo)}] {cell.cell_id}: {status['status']} "
-                f"({status['seconds']:.0f} s)",
+                f"[{k}/{len(todo)}] {cell.cell_id}: {status['status']} ({status['seconds']:.0f} s)",
                 file=sys.stderr,
                 flush=True,
             )
