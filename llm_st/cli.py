@@ -785,6 +785,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_predict_commands,
     _add_pretrain_command,
     _add_prompt_commands,
+    _add_report_command,
     _add_train_command,
 ]
 
