@@ -13,6 +13,7 @@ import base64
 import importlib.metadata
 import json
 import re
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -521,3 +522,38 @@ def test_published_figures_stand_beside_the_rows_they_were_measured_for(tmp_path
     assert "patchtst: One Fits All, few-shot table." in md
     assert published("long_horizon", "ETTh1", "gpt4ts", 96).mse == 0.376  # full's figure
     assert published("long_horizon", "ETTh1", "gpt4ts", 192) is None
+
+
+def test_the_report_command_writes_the_report_of_a_folder(tmp_path, capsys):
+    from llm_st.cli import main
+
+    table = fake_bench(tmp_path)
+    assert main(["report", str(tmp_path), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"report: {tmp_path / 'report.md'}, {tmp_path / 'report.html'}")
+    md = (tmp_path / "report.md").read_text()
+    anomaly = next(
+        t for t in results_of(parse_markdown(md)) if t["heading"][3] == "Protocol anomaly"
+    )
+    stid = next(r for r in anomaly["rows"] if r[1] == "stid")
+    truth = table[(table.method == "stid") & (table.metric == "f1")].value.mean()
+    assert mean_std(stid[5])[0] == pytest.approx(truth, rel=6e-4)
+    assert main(["report", str(tmp_path / "nothing-here")]) == 2  # one line, status 2
+    assert capsys.readouterr().err.startswith("llm-st: error: ")
+
+
+def test_forecasts_come_from_the_few_shot_cells_where_a_plan_has_no_full_protocol(bench, tmp_path):
+    folder, table, _ = bench
+    copy = tmp_path / "few-only"
+    shutil.copytree(folder, copy)
+    (copy / "results.parquet").unlink()
+    for cell_id in table[table.protocol != "few_shot"].cell_id.unique():
+        shutil.rmtree(copy / "cells" / cell_id)
+    files = write_report(copy, max_windows=8, device="cpu")
+    md = files["markdown"].read_text()
+    (param,) = table[table.protocol == "few_shot"].protocol_param.unique()
+    assert f"From the few_shot {param} cells (the plan has no full protocol" in md
+    drawn = [name for name in files if name.startswith("forecast_")]
+    assert drawn and all(files[name].is_file() for name in drawn)
+    pixels = matplotlib.image.imread(files[drawn[0]])
+    assert pixels[..., :3].std() > 0.05

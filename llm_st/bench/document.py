@@ -810,9 +810,25 @@ def figures_section(report: _Report, stats: pd.DataFrame) -> None:
     )  # fmt: skip
 
 
-def _best_methods(stats: pd.DataFrame, dataset: str, metric: str) -> list[str]:
+def _example_cells(table: pd.DataFrame) -> tuple[str, Any, pd.DataFrame]:
+    """The finished cells forecasts are drawn from: the full protocol's, else (a plan
+    without it) the few-shot cells of the largest fraction, which have the same test
+    windows. Returns the protocol, its parameter (None for full) and the rows."""
+    done = table[table["status"] == "done"]
+    full = done[done["protocol"] == "full"]
+    few = done[done["protocol"] == "few_shot"]
+    if full.empty and not few.empty:
+        largest = max(few["protocol_param"].dropna().unique(), key=float)
+        return "few_shot", largest, few[few["protocol_param"] == largest]
+    return "full", None, full
+
+
+def _best_methods(
+    stats: pd.DataFrame, dataset: str, metric: str, protocol: str = "full", param: Any = None
+) -> list[str]:
     rows = stats[
-        (stats["protocol"] == "full")
+        (stats["protocol"] == protocol)
+        & (True if param is None else stats["protocol_param"] == param)
         & (stats["dataset"] == dataset)
         & (stats["horizon_step"] == "avg")
         & (stats["metric"] == metric)
@@ -822,20 +838,28 @@ def _best_methods(stats: pd.DataFrame, dataset: str, metric: str) -> list[str]:
 
 
 def forecast_figures(report: _Report, stats: pd.DataFrame, figures: Path) -> None:
-    """(3) forecast examples and (4) per-node error maps of the full protocol's datasets."""
+    """(3) forecast examples and (4) per-node error maps of the full protocol's datasets
+    (of the few-shot cells where the plan has no full protocol, :func:`_example_cells`)."""
     r, table = report, report.table
     r.blocks.append(Heading(3, "Forecast examples"))
-    done = table[(table["protocol"] == "full") & (table["status"] == "done")]
+    protocol, param, done = _example_cells(table)
     datasets = list(dict.fromkeys(done["dataset"]))
     maps: list[tuple[str, Path | None, str, str]] = []
     if not r.predict:
         r.blocks.append(Para("Skipped: forecasts were not computed (predict=False)."))
     elif not datasets:
-        r.blocks.append(Para("Skipped: no finished cells of the full protocol."))
+        r.blocks.append(Para("Skipped: no finished cells of the full or few_shot protocol."))
+    elif protocol != "full":
+        r.blocks.append(
+            Para(
+                f"From the {protocol} {param} cells (the plan has no full protocol; the "
+                "test windows are the same)."
+            )
+        )
     metric = "mae" if (done["metric"] == "mae").any() else _rank_metric(stats)
     colors = plots.method_colors(table["method"].dropna().tolist())
     for dataset in datasets if r.predict else []:
-        ranked = _best_methods(stats, dataset, metric)
+        ranked = _best_methods(stats, dataset, metric, protocol, param)
         runs = {}
         for method in ranked:
             cells = done[(done["method"] == method) & (done["dataset"] == dataset)]
@@ -892,7 +916,7 @@ def forecast_figures(report: _Report, stats: pd.DataFrame, figures: Path) -> Non
     if not r.predict:
         r.blocks.append(Para("Skipped: forecasts were not computed (predict=False)."))
     elif not datasets:
-        r.blocks.append(Para("Skipped: no finished cells of the full protocol."))
+        r.blocks.append(Para("Skipped: no finished cells of the full or few_shot protocol."))
     for key, drawn, caption, skip in maps:
         r.figure(key, drawn, key.replace("_", " "), caption, skip)
 
