@@ -512,13 +512,18 @@ def _field_type(cls: type, key: str, path: str) -> Any:
     return hint
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+def apply_overrides(
+    raw: dict[str, Any], overrides: list[str] | tuple[str, ...], schema: Any = None
+) -> dict[str, Any]:
     """Set ``section.key=value`` items in the raw recipe mapping ``raw`` (in place, returned).
 
     Values are parsed as YAML (``3e-4``, ``true``, ``[0.6, 0.2, 0.2]``, ``null``). Paths
-    are checked against the recipe's sections; below a free mapping (``model.params``)
-    any key may be set.
+    are checked against the fields of ``schema`` (default :class:`Recipe`; another
+    dataclass of sections, e.g. the pre-training recipe); below a free mapping
+    (``model.params``) any key may be set, and a list element is addressed by its index
+    (``corpus.sources.0.max_windows=16``).
     """
+    root = Recipe if schema is None else schema
     for item in overrides:
         key, sep, text = item.partition("=")
         parts = [p.strip() for p in key.split(".")]
@@ -531,24 +536,41 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
                 f"override {item!r}: value is not valid YAML ({exc})",
                 "quote strings, e.g. data.spec='a:b'",
             ) from None
-        schema: Any = Recipe
-        node = raw
+        schema_at: Any = root
+        node: Any = raw
         for depth, part in enumerate(parts):
             path = ".".join(parts[:depth])
-            if dataclasses.is_dataclass(schema):
-                schema = _field_type(schema, part, path)
-            if depth == len(parts) - 1:
-                node[part] = value
-            else:
-                if not dataclasses.is_dataclass(schema) and typing.get_origin(schema) is not dict:
-                    name = ".".join(parts[: depth + 1])
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
                     raise ConfigError(
-                        f"override {item!r}: {name} is a value, not a section",
-                        f"set {name}=... directly",
+                        f"override {item!r}: {path} has no element {part!r}",
+                        f"address one of its {len(node)} elements by index 0..{len(node) - 1}",
                     )
-                if not isinstance(node.get(part), dict):
-                    node[part] = {}
-                node = node[part]
+                index: Any = int(part)
+            else:
+                index = part
+                if dataclasses.is_dataclass(schema_at):
+                    schema_at = _field_type(schema_at, part, path)
+            if depth == len(parts) - 1:
+                node[index] = value
+                break
+            if typing.get_origin(schema_at) is list:
+                schema_at = typing.get_args(schema_at)[0]
+            elif (
+                not isinstance(node, list)
+                and not dataclasses.is_dataclass(schema_at)
+                and typing.get_origin(schema_at) is not dict
+            ):
+                name = ".".join(parts[: depth + 1])
+                raise ConfigError(
+                    f"override {item!r}: {name} is a value, not a section",
+                    f"set {name}=... directly",
+                )
+            child = node[index] if isinstance(node, list) else node.get(index)
+            if not isinstance(child, (dict, list)):
+                child = {}
+                node[index] = child
+            node = child
     return raw
 
 

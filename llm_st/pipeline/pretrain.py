@@ -61,7 +61,6 @@ import os
 import shutil
 import tempfile
 import time
-import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,12 +77,12 @@ from llm_st.backbones.pretrained_here import (
 )
 from llm_st.config import (
     TrainingConfig,
-    _field_type,
     _from_dict,
     _help,
     _require,
     _Section,
     _unknown_key,
+    apply_overrides,
     read_yaml_file,
 )
 from llm_st.data.container import STData
@@ -368,64 +367,9 @@ class PretrainRecipe(_Section):
         )
 
 
-def _apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Set ``section.key=value`` items (values parsed as YAML) in the raw recipe ``raw``.
-
-    As :func:`llm_st.config.apply_overrides`, on :class:`PretrainRecipe`; a list element is
-    addressed by its index (``corpus.sources.0.max_windows=16``).
-    """
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        parts = [p.strip() for p in key.split(".")]
-        if not sep or not all(parts):
-            raise ConfigError(
-                f"override {item!r} is not key=value", "write e.g. training.max_steps=100"
-            )
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(
-                f"override {item!r}: value is not valid YAML ({exc})", "quote strings"
-            ) from None
-        schema: Any = PretrainRecipe
-        node: Any = raw
-        for depth, part in enumerate(parts):
-            where = ".".join(parts[:depth])
-            last = depth == len(parts) - 1
-            if isinstance(node, list):
-                if not part.isdigit() or int(part) >= len(node):
-                    raise ConfigError(
-                        f"override {item!r}: {where} has no element {part!r}",
-                        f"address one of its {len(node)} elements by index 0..{len(node) - 1}",
-                    )
-                index: Any = int(part)
-            else:
-                index = part
-                if dataclasses.is_dataclass(schema):
-                    schema = _field_type(schema, part, where)
-            if last:
-                node[index] = value
-                break
-            if typing.get_origin(schema) is list:
-                schema = typing.get_args(schema)[0]
-            elif isinstance(node, list):
-                pass
-            elif not dataclasses.is_dataclass(schema) and typing.get_origin(schema) is not dict:
-                raise ConfigError(
-                    f"override {item!r}: {'.'.join(parts[: depth + 1])} is a value, not a section",
-                    "set it directly",
-                )
-            child = node[index] if isinstance(node, list) else node.get(index)
-            if not isinstance(child, (dict, list)):
-                child = {}
-                node[index] = child
-            node = child
-    return raw
-
-
 def recipe_from_dict(raw: dict[str, Any], overrides: Sequence[str] = ()) -> PretrainRecipe:
     """A :class:`PretrainRecipe` from plain data (as YAML gives it) plus ``overrides``."""
-    raw = _apply_overrides(copy.deepcopy(raw or {}), overrides)
+    raw = apply_overrides(copy.deepcopy(raw or {}), list(overrides), PretrainRecipe)
     for key in raw:
         if key not in {f.name for f in dataclasses.fields(PretrainRecipe)}:
             raise _unknown_key(str(key), "", PretrainRecipe)
